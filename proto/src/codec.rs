@@ -1,0 +1,340 @@
+//! MessagePack encoding of envelopes, with the checks every receiver needs.
+//!
+//! `decode` refuses oversize frames before touching their contents, tells an unsupported
+//! protocol version apart from a malformed frame, and carries the message id whenever it could
+//! be read so the receiver can answer the sender. It never panics (see the proptests below).
+
+use serde::Deserialize;
+
+use crate::envelope::{Envelope, MessageId, PROTOCOL_VERSION};
+
+/// Default largest frame accepted: 16 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Nesting depth allowed in a frame; inventories nest a handful of levels, and a bound keeps a
+/// hostile frame from exhausting the decoder's stack.
+const MAX_DEPTH: usize = 64;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame exceeds the configured limit and was not decoded.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    Oversize {
+        /// Frame length.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The frame is not an envelope at all.
+    #[error("frame is not a MessagePack envelope")]
+    Malformed(#[source] rmp_serde::decode::Error),
+    /// The envelope speaks a protocol version this build does not.
+    #[error("protocol version {version} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// Version the sender used.
+        version: u16,
+        /// The message id, to answer it.
+        id: MessageId,
+    },
+    /// The envelope is readable but its body is not a known, well-formed message.
+    #[error("message {id} has an unknown or malformed body")]
+    BadBody {
+        /// The message id, to answer it.
+        id: MessageId,
+        /// What the decoder reported.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+}
+
+impl DecodeError {
+    /// The id of the offending message, when it could be read (so the receiver can reply).
+    pub fn message_id(&self) -> Option<MessageId> {
+        match self {
+            DecodeError::UnsupportedVersion { id, .. } | DecodeError::BadBody { id, .. } => {
+                Some(*id)
+            }
+            DecodeError::Oversize { .. } | DecodeError::Malformed(_) => None,
+        }
+    }
+
+    /// A short, stable label for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Oversize { .. } => "oversize",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+            DecodeError::BadBody { .. } => "bad_body",
+        }
+    }
+}
+
+/// Why an envelope could not be encoded (only possible for values serde cannot represent).
+#[derive(Debug, thiserror::Error)]
+#[error("could not encode envelope")]
+pub struct EncodeError(#[source] rmp_serde::encode::Error);
+
+/// The fields every version must keep, read before the body so errors can name the message.
+#[derive(Deserialize)]
+struct Head {
+    v: u16,
+    id: MessageId,
+}
+
+/// Encodes an envelope as MessagePack with named fields.
+pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, EncodeError> {
+    rmp_serde::to_vec_named(envelope).map_err(EncodeError)
+}
+
+/// Decodes one frame, refusing frames over `max_frame` bytes before looking inside.
+pub fn decode(frame: &[u8], max_frame: usize) -> Result<Envelope, DecodeError> {
+    if frame.len() > max_frame {
+        return Err(DecodeError::Oversize {
+            len: frame.len(),
+            limit: max_frame,
+        });
+    }
+    let head: Head = from_slice(frame).map_err(DecodeError::Malformed)?;
+    if head.v != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            version: head.v,
+            id: head.id,
+        });
+    }
+    from_slice(frame).map_err(|source| DecodeError::BadBody {
+        id: head.id,
+        source,
+    })
+}
+
+fn from_slice<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::capability::CapabilityInfo;
+    use crate::error_report::ErrorReport;
+    use crate::mercury_id::MercuryId;
+    use crate::message::*;
+    use proptest::prelude::*;
+
+    fn mercury_id() -> MercuryId {
+        "013c16030373937262a32e831ff18c941b6481ded8".parse().unwrap()
+    }
+
+    fn every_body() -> Vec<Body> {
+        vec![
+            Body::Register(Register {
+                mercury_id: mercury_id(),
+                agent_version: "0.1.0".into(),
+                boot_id: "b0".into(),
+                capabilities: vec![CapabilityInfo {
+                    name: "inspect".into(),
+                    doc: "inspect".into(),
+                    args: vec![],
+                    exclusive: false,
+                }],
+                inventory: serde_json::json!({"mem": {"total": 1024}}),
+            }),
+            Body::Registered(Registered {
+                heartbeat_interval_ms: 5000,
+            }),
+            Body::Heartbeat(Heartbeat {}),
+            Body::InventoryUpdate(InventoryUpdate {
+                inventory: serde_json::json!({"cpu": {"threads": 2}}),
+            }),
+            Body::CapabilityCall(CapabilityCall {
+                capability: "inspect".into(),
+                args: serde_json::json!({}),
+            }),
+            Body::CallProgress(CallProgress {
+                message: "half".into(),
+                percent: Some(50.0),
+            }),
+            Body::CallResult(CallResult {
+                outcome: CallOutcome::Succeeded(serde_json::json!([1, 2])),
+            }),
+            Body::CallResult(CallResult {
+                outcome: CallOutcome::Failed(ErrorReport {
+                    message: "boom".into(),
+                    causes: vec!["inner".into()],
+                }),
+            }),
+            Body::Error(ErrorBody {
+                code: ErrorCode::UnknownCapability,
+                message: "no such capability: frobnicate".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for body in every_body() {
+            let env = Envelope::reply(MessageId(9), MessageId(3), body);
+            let bytes = encode(&env).unwrap();
+            assert_eq!(decode(&bytes, DEFAULT_MAX_FRAME).unwrap(), env);
+        }
+    }
+
+    // Golden bytes pin the wire format: a change here breaks deployed agents.
+    #[test]
+    fn golden_heartbeat() {
+        let env = Envelope::new(MessageId(1), Body::Heartbeat(Heartbeat {}));
+        assert_eq!(
+            hex::encode(encode(&env).unwrap()),
+            // {v:1, id:1, re:nil, body:{heartbeat:{}}}
+            "84a17601a2696401a27265c0a4626f647981a9686561727462656174 80".replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn golden_error_reply() {
+        let env = Envelope::reply(
+            MessageId(2),
+            MessageId(1),
+            Body::Error(ErrorBody {
+                code: ErrorCode::Malformed,
+                message: "x".into(),
+            }),
+        );
+        assert_eq!(
+            hex::encode(encode(&env).unwrap()),
+            "84a17601a2696402a272650 1a4626f647981a56572726f7282a4636f6465a96d616c666f726d6564a76d657373616765a178"
+                .replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn golden_capability_call() {
+        let env = Envelope::new(
+            MessageId(5),
+            Body::CapabilityCall(CapabilityCall {
+                capability: "inspect".into(),
+                args: serde_json::json!({}),
+            }),
+        );
+        assert_eq!(
+            hex::encode(encode(&env).unwrap()),
+            "84a17601a26964 05a27265c0a4626f647981af6361706162696c6974795f63616c6c82aa6361706162696c697479a7696e7370656374a46172677380"
+                .replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn oversize_is_refused_before_decoding() {
+        let frame = vec![0u8; 100];
+        assert!(matches!(
+            decode(&frame, 99),
+            Err(DecodeError::Oversize { len: 100, limit: 99 })
+        ));
+    }
+
+    #[test]
+    fn unknown_version_names_the_message() {
+        let mut env = Envelope::new(MessageId(42), Body::Heartbeat(Heartbeat {}));
+        env.v = 99;
+        let err = decode(&encode(&env).unwrap(), DEFAULT_MAX_FRAME).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::UnsupportedVersion { version: 99, id: MessageId(42) }
+        ));
+        assert_eq!(err.message_id(), Some(MessageId(42)));
+    }
+
+    #[test]
+    fn unknown_body_names_the_message() {
+        #[derive(serde::Serialize)]
+        struct Future {
+            v: u16,
+            id: u64,
+            re: Option<u64>,
+            body: std::collections::BTreeMap<&'static str, u8>,
+        }
+        let frame = rmp_serde::to_vec_named(&Future {
+            v: PROTOCOL_VERSION,
+            id: 11,
+            re: None,
+            body: [("teleport", 1)].into_iter().collect(),
+        })
+        .unwrap();
+        let err = decode(&frame, DEFAULT_MAX_FRAME).unwrap_err();
+        assert_eq!(err.kind(), "bad_body");
+        assert_eq!(err.message_id(), Some(MessageId(11)));
+    }
+
+    #[test]
+    fn unknown_error_code_decodes_as_other() {
+        #[derive(serde::Serialize)]
+        struct E {
+            code: &'static str,
+            message: &'static str,
+        }
+        let bytes = rmp_serde::to_vec_named(&E {
+            code: "quota_exceeded",
+            message: "m",
+        })
+        .unwrap();
+        let body: ErrorBody = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(body.code, ErrorCode::Other);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // {v:1, id:1, re:nil, body:{inventory_update:{inventory:[[[[…]]]]}}} nested 100k deep.
+        let mut frame = hex::decode("84a17601a26964 01a27265c0a4626f647981b0696e76656e746f72795f75706461746581a9696e76656e746f7279".replace(' ', "")).unwrap();
+        frame.extend(std::iter::repeat_n(0x91u8, 100_000));
+        frame.push(0xc0);
+        // Even skipping the body to read the head hits the depth bound, so it is malformed.
+        assert_eq!(decode(&frame, DEFAULT_MAX_FRAME).unwrap_err().kind(), "malformed");
+    }
+
+    fn valid_frames() -> Vec<Vec<u8>> {
+        every_body()
+            .into_iter()
+            .map(|b| encode(&Envelope::new(MessageId(1), b)).unwrap())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 100_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, DEFAULT_MAX_FRAME);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            which in 0usize..9,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let frames = valid_frames();
+            let mut frame = frames[which % frames.len()].clone();
+            for (at, byte) in edits {
+                let i = at.index(frame.len());
+                frame[i] = byte;
+            }
+            let keep = cut.index(frame.len() + 1);
+            frame.truncate(keep.max(frame.len() / 2));
+            let _ = decode(&frame, DEFAULT_MAX_FRAME);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn encode_then_decode_is_identity(id in any::<u64>(), re in any::<Option<u64>>(), msg in ".{0,64}", pct in any::<Option<f32>>().prop_filter("NaN never equals itself", |p| p.is_none_or(|x| !x.is_nan()))) {
+            let env = Envelope { v: PROTOCOL_VERSION, id: MessageId(id), re: re.map(MessageId), body: Body::CallProgress(CallProgress { message: msg, percent: pct }) };
+            let back = decode(&encode(&env).unwrap(), DEFAULT_MAX_FRAME).unwrap();
+            prop_assert_eq!(back, env);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The messages an envelope can carry.
+//!
+//! Structs encode as MessagePack maps and enum variants by name, so optional fields can be added
+//! with `#[serde(default)]` without breaking older peers. Never rename or reuse a field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::capability::CapabilityInfo;
+use crate::error_report::ErrorReport;
+use crate::mercury_id::MercuryId;
+
+/// One message; the variant name is its type on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Body {
+    /// Agent -> controller: first message of a session.
+    Register(Register),
+    /// Controller -> agent: reply to `Register`.
+    Registered(Registered),
+    /// Agent -> controller keeps the agent online; the controller echoes it as the reply.
+    Heartbeat(Heartbeat),
+    /// Agent -> controller: a fresh inventory.
+    InventoryUpdate(InventoryUpdate),
+    /// Controller -> agent: run a capability.
+    CapabilityCall(CapabilityCall),
+    /// Agent -> controller: progress of a running call (`re` = the call's id).
+    CallProgress(CallProgress),
+    /// Agent -> controller: the final outcome of a call (`re` = the call's id).
+    CallResult(CallResult),
+    /// Either way: the request named by `re` (or an undecodable one) was refused.
+    Error(ErrorBody),
+}
+
+impl Body {
+    /// The wire name of this message type, for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Register(_) => "register",
+            Body::Registered(_) => "registered",
+            Body::Heartbeat(_) => "heartbeat",
+            Body::InventoryUpdate(_) => "inventory_update",
+            Body::CapabilityCall(_) => "capability_call",
+            Body::CallProgress(_) => "call_progress",
+            Body::CallResult(_) => "call_result",
+            Body::Error(_) => "error",
+        }
+    }
+}
+
+/// An agent announces itself: identity, versions, capabilities and its full inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    /// The server's MercuryId (also the ZeroMQ routing id).
+    pub mercury_id: MercuryId,
+    /// `qs-agent` version.
+    pub agent_version: String,
+    /// The Linux boot id (`/proc/sys/kernel/random/boot_id`); a new one means the server rebooted.
+    pub boot_id: String,
+    /// Capabilities this agent serves.
+    #[serde(default)]
+    pub capabilities: Vec<CapabilityInfo>,
+    /// The inventory document; self-describing so a controller keeps fields it does not know yet.
+    pub inventory: serde_json::Value,
+}
+
+/// The controller accepted a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// How often the agent must send a heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Liveness ping (and, with `re` set, its echo).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {}
+
+/// A complete inventory document replacing the previous one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryUpdate {
+    /// The inventory document.
+    pub inventory: serde_json::Value,
+}
+
+/// Run one capability with arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityCall {
+    /// Capability name, as announced in `Register`.
+    pub capability: String,
+    /// Arguments: a map from argument name to value.
+    #[serde(default)]
+    pub args: serde_json::Value,
+}
+
+/// Progress of a running call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallProgress {
+    /// What is happening now, for the operator.
+    pub message: String,
+    /// Completion in percent, when known.
+    #[serde(default)]
+    pub percent: Option<f32>,
+}
+
+/// The final outcome of a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    /// Success with output, or failure with the error chain.
+    pub outcome: CallOutcome,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// The capability finished; its output.
+    Succeeded(serde_json::Value),
+    /// The capability failed.
+    Failed(ErrorReport),
+}
+
+/// A refusal: what went wrong and a code the peer can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    Malformed,
+    /// The frame's protocol version is not spoken here.
+    UnsupportedVersion,
+    /// The capability name is not offered by this agent.
+    UnknownCapability,
+    /// The arguments do not fit the capability.
+    BadArguments,
+    /// The sender must register first.
+    NotRegistered,
+    /// The message type is not valid in this direction.
+    UnexpectedMessage,
+    /// The receiver failed while handling a valid request.
+    Internal,
+    /// A code from a newer peer.
+    #[serde(other)]
+    Other,
+}
