@@ -1,0 +1,130 @@
+//! The Quicksilver agent: inspects the server, derives its MercuryId, and serves the controller.
+//!
+//! - [`identity`]: the MercuryId of the machine under a root, with its explanation;
+//! - [`session`]: the connection to the controller — register, heartbeat, serve calls, and
+//!   reconnect with [`backoff`] when the controller goes away.
+//!
+//! The agent ships in the boot image, so it links no HTTP server or database client.
+
+pub mod backoff;
+pub mod identity;
+pub mod session;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use qs_inspectors::{InspectorName, SysRoot};
+use tracing_subscriber::EnvFilter;
+
+/// Quicksilver agent.
+#[derive(Debug, Parser)]
+#[command(name = "qs-agent", version, about = "Quicksilver agent: inspects this server and serves the controller")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the inventory as JSON.
+    Inspect {
+        /// Read the machine under this directory instead of `/`.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Run only these inspectors (comma-separated: dmi,cpu,mem,interfaces).
+        #[arg(long, value_delimiter = ',')]
+        only: Option<Vec<InspectorName>>,
+        /// Also copy every file the inspectors read into DIR (a fixture tree for tests).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+    },
+    /// Print this server's MercuryId.
+    Id {
+        /// Read the machine under this directory instead of `/`.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Say which rule chose the id, from which values, and why earlier rules did not apply.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Connect to the controller and serve it until stopped.
+    Run {
+        /// The controller's agent endpoint.
+        #[arg(long, env = "QS_CONTROLLER")]
+        controller: String,
+        /// Read the machine under this directory instead of `/`.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Largest message accepted from the controller, in bytes.
+        #[arg(long, default_value_t = qs_proto::codec::DEFAULT_MAX_FRAME)]
+        max_frame: usize,
+        /// Give up waiting for a reply (registration, heartbeat echo) after this long.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        reply_timeout: Duration,
+    },
+}
+
+/// Installs logging to stderr; stdout carries command output only.
+pub fn init_tracing(verbosity: u8) {
+    let default = match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn sysroot(root: PathBuf) -> SysRoot {
+    if root == std::path::Path::new("/") {
+        SysRoot::live()
+    } else {
+        SysRoot::new(root)
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Inspect { root, only, record } => {
+            let root = match record {
+                Some(out) => SysRoot::recording(root, out),
+                None => sysroot(root),
+            };
+            let inventory = tokio::task::spawn_blocking(move || identity::inspect(&root, only.as_deref()))
+                .await
+                .context("inspection panicked")?;
+            println!("{}", serde_json::to_string_pretty(&inventory)?);
+            Ok(())
+        }
+        Cmd::Id { root, explain } => {
+            let root = sysroot(root);
+            let inventory = tokio::task::spawn_blocking(move || qs_inspectors::run_all(&root, None))
+                .await
+                .context("inspection panicked")?;
+            let derivation = qs_proto::mercury_id::derive(&qs_inspectors::id_sources(&inventory))?;
+            println!("{}", derivation.id);
+            if explain {
+                println!("{}", identity::explain(&derivation));
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            controller,
+            root,
+            max_frame,
+            reply_timeout,
+        } => {
+            let config = session::SessionConfig::new(&controller, sysroot(root), max_frame, reply_timeout)?;
+            session::run(config).await
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Counters of what arrived on the agent port and what was refused, for operators and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Monotonic counters of the agent-facing endpoint; cheap to bump from any task.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// TCP connections accepted on the agent port.
+    pub connections: AtomicU64,
+    /// Connections closed because their ZMTP stream broke the rules (bad greeting, bad frame).
+    pub rejected_connections: AtomicU64,
+    /// Messages dropped unread because a frame exceeded the size limit.
+    pub oversize_frames: AtomicU64,
+    /// Frames that reached the controller but did not decode as an envelope.
+    pub malformed_frames: AtomicU64,
+    /// Envelopes with a protocol version this build does not speak.
+    pub unsupported_versions: AtomicU64,
+    /// Envelopes whose body was unknown or malformed.
+    pub bad_bodies: AtomicU64,
+    /// Envelopes decoded and handled.
+    pub messages: AtomicU64,
+    /// Requests refused with an error reply (not registered, unexpected message …).
+    pub refused: AtomicU64,
+}
+
+/// A point-in-time copy of [`Counters`], as the API reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CountersSnapshot {
+    /// See [`Counters::connections`].
+    pub connections: u64,
+    /// See [`Counters::rejected_connections`].
+    pub rejected_connections: u64,
+    /// See [`Counters::oversize_frames`].
+    pub oversize_frames: u64,
+    /// See [`Counters::malformed_frames`].
+    pub malformed_frames: u64,
+    /// See [`Counters::unsupported_versions`].
+    pub unsupported_versions: u64,
+    /// See [`Counters::bad_bodies`].
+    pub bad_bodies: u64,
+    /// See [`Counters::messages`].
+    pub messages: u64,
+    /// See [`Counters::refused`].
+    pub refused: u64,
+}
+
+impl Counters {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            connections: get(&self.connections),
+            rejected_connections: get(&self.rejected_connections),
+            oversize_frames: get(&self.oversize_frames),
+            malformed_frames: get(&self.malformed_frames),
+            unsupported_versions: get(&self.unsupported_versions),
+            bad_bodies: get(&self.bad_bodies),
+            messages: get(&self.messages),
+            refused: get(&self.refused),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The HTTP client the operator commands use.
+
+use anyhow::{anyhow, Context};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A client for one controller's `/api/v1`.
+pub struct ApiClient {
+    base: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for the controller at `base`.
+    pub fn new(base: reqwest::Url) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { base, http })
+    }
+
+    fn url(&self, path: &str) -> anyhow::Result<reqwest::Url> {
+        self.base
+            .join(&format!("api/v1/{path}"))
+            .with_context(|| format!("bad API URL {} + {path}", self.base))
+    }
+
+    /// GETs a path under `/api/v1`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = self.url(path)?;
+        let response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the controller at {url}"))?;
+        decode(response).await
+    }
+
+    /// POSTs JSON to a path under `/api/v1`.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        let url = self.url(path)?;
+        let response = self
+            .http
+            .post(url.clone())
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the controller at {url}"))?;
+        decode(response).await
+    }
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+    let status = response.status();
+    let bytes = response.bytes().await.context("cannot read the controller's reply")?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(anyhow!("controller answered {status}: {message}"));
+    }
+    serde_json::from_slice(&bytes).context("controller reply is not the expected JSON")
+}

@@ -1,0 +1,287 @@
+//! `qs serve`: the controller process.
+//!
+//! Binds the agent endpoint (a [`FrameGuard`] on the public TCP port in front of a ROUTER socket
+//! on a private Unix socket in the data dir) and the HTTP API, prints the addresses it got as
+//! one JSON line on stdout (so `--agents tcp://127.0.0.1:0` works for tests and scripts), and
+//! runs until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use zeromq::{RouterSocket, Socket};
+
+use crate::agents::counters::Counters;
+use crate::agents::frame_guard::{FrameGuard, GuardConfig, PeerAddresses};
+use crate::agents::link::{AgentLink, LinkConfig};
+use crate::agents::registry::Registry;
+use crate::http::{self, AppState};
+use crate::store::Store;
+
+/// Flags of `qs serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where the embedded store keeps its files.
+    #[arg(long, env = "QS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Agent endpoint (ZeroMQ over TCP); port 0 picks a free port.
+    #[arg(long, default_value = "tcp://0.0.0.0:9002")]
+    agents: String,
+    /// HTTP API address; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    http: SocketAddr,
+    /// Largest agent message accepted, in bytes; larger ones are dropped unread.
+    #[arg(long, default_value_t = qs_proto::codec::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// An agent silent for this long is shown offline.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+    /// Also start a `qs-agent` on this machine (found next to `qs`), connected to this controller.
+    #[arg(long)]
+    local_agent: bool,
+}
+
+/// Validated settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Embedded store directory.
+    pub data_dir: PathBuf,
+    /// Agent TCP listen address.
+    pub agents: SocketAddr,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Largest agent message.
+    pub max_frame: usize,
+    /// Agents' heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Offline after this much silence.
+    pub heartbeat_timeout: Duration,
+    /// Start a local agent.
+    pub local_agent: bool,
+}
+
+impl ServeArgs {
+    /// Checks the flags and turns them into ready values.
+    pub fn validate(self) -> anyhow::Result<ServeConfig> {
+        let agents = parse_tcp_endpoint(&self.agents)?;
+        if self.max_frame < 1024 {
+            bail!("--max-frame must be at least 1024 bytes");
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
+            bail!("--heartbeat-timeout must be longer than a non-zero --heartbeat-interval");
+        }
+        Ok(ServeConfig {
+            data_dir: self.data_dir.unwrap_or_else(default_data_dir),
+            agents,
+            http: self.http,
+            max_frame: self.max_frame,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            local_agent: self.local_agent,
+        })
+    }
+}
+
+fn parse_tcp_endpoint(text: &str) -> anyhow::Result<SocketAddr> {
+    let Some(addr) = text.strip_prefix("tcp://") else {
+        bail!("--agents must look like tcp://HOST:PORT, got {text:?}");
+    };
+    addr.parse()
+        .with_context(|| format!("--agents {text:?} is not tcp://IP:PORT"))
+}
+
+/// `/var/lib/quicksilver` when writable (root), else `~/.local/share/quicksilver`.
+fn default_data_dir() -> PathBuf {
+    let system = PathBuf::from("/var/lib/quicksilver");
+    if std::fs::create_dir_all(&system).is_ok() {
+        return system;
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/quicksilver"),
+        None => PathBuf::from("quicksilver-data"),
+    }
+}
+
+/// Runs the controller until SIGINT or SIGTERM.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store = Store::open_embedded(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let registry = Arc::new(
+        Registry::load(store.clone(), config.heartbeat_timeout)
+            .await
+            .context("cannot load agent state")?,
+    );
+    let counters = Arc::new(Counters::default());
+    let peers = Arc::new(PeerAddresses::default());
+
+    let router_path = router_socket_path(&config.data_dir)?;
+    let mut router = RouterSocket::new();
+    router
+        .bind(&format!("ipc://{}", router_path.display()))
+        .await
+        .with_context(|| format!("cannot bind the ROUTER socket at {}", router_path.display()))?;
+    let (router_send, router_recv) = router.split();
+
+    let agent_listener = TcpListener::bind(config.agents)
+        .await
+        .with_context(|| format!("cannot listen for agents on {}", config.agents))?;
+    let agents_addr = agent_listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (link, outbox) = AgentLink::new(
+        LinkConfig {
+            max_frame: config.max_frame,
+            heartbeat_interval: config.heartbeat_interval,
+        },
+        counters.clone(),
+        registry.clone(),
+        store.clone(),
+        peers.clone(),
+    );
+    let guard = FrameGuard::new(
+        agent_listener,
+        router_path.clone(),
+        GuardConfig {
+            max_frame: config.max_frame,
+            handshake_timeout: Duration::from_secs(10),
+        },
+        counters.clone(),
+        peers,
+    );
+    let app = http::router(AppState {
+        store,
+        registry: registry.clone(),
+        link: link.clone(),
+        counters,
+    });
+
+    // The first stdout line is for scripts and tests: the addresses actually bound.
+    println!(
+        "{}",
+        serde_json::json!({"agents": format!("tcp://{agents_addr}"), "http": format!("http://{http_addr}")})
+    );
+    info!(agents = %agents_addr, http = %http_addr, data_dir = %config.data_dir.display(), "controller listening");
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(guard.run(shutdown.clone()));
+    tasks.spawn(link.run(router_recv, router_send, outbox, shutdown.clone()));
+    tasks.spawn(sweep_loop(registry, config.heartbeat_timeout, shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                warn!(error = %error, "HTTP server stopped");
+            }
+        });
+    }
+    let _local_agent = if config.local_agent {
+        Some(spawn_local_agent(agents_addr)?)
+    } else {
+        None
+    };
+
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(&router_path);
+    Ok(())
+}
+
+/// The ROUTER's private socket; Unix socket paths are limited to ~100 bytes.
+fn router_socket_path(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("run");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = std::path::absolute(dir.join("agents.sock"))
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if path.as_os_str().len() > 100 {
+        bail!("data dir path is too long for a Unix socket: {}", path.display());
+    }
+    // A socket file left by a killed controller would make bind fail.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", path.display())),
+    }
+    Ok(path)
+}
+
+async fn sweep_loop(registry: Arc<Registry>, timeout: Duration, shutdown: CancellationToken) {
+    let period = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = registry.sweep().await {
+            warn!(error = %qs_proto::ErrorReport::from_error(&error), "agent sweep failed");
+        }
+    }
+    // Persist the latest last_seen values on the way out.
+    let _ = registry.sweep().await;
+}
+
+fn spawn_local_agent(agents: SocketAddr) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("cannot find the qs executable")?;
+    let agent = exe.with_file_name("qs-agent");
+    let endpoint = format!("tcp://127.0.0.1:{}", agents.port());
+    info!(agent = %agent.display(), controller = %endpoint, "starting a local agent");
+    tokio::process::Command::new(&agent)
+        .args(["run", "--controller", &endpoint])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", agent.display()))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_endpoint_must_be_tcp_ip_port() {
+        assert!(parse_tcp_endpoint("tcp://0.0.0.0:9002").is_ok());
+        assert!(parse_tcp_endpoint("0.0.0.0:9002").is_err());
+        assert!(parse_tcp_endpoint("tcp://example.com:9002").is_err());
+    }
+}

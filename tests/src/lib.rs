@@ -1,0 +1,244 @@
+//! Harness for end-to-end tests: starts real `qs serve` and `qs-agent run` processes on
+//! loopback, reads the addresses they bound from their first stdout line, and waits on
+//! conditions (never on the clock).
+//!
+//! The binaries come from the same target directory as the test (`cargo build --workspace
+//! --bins` first; `tests/run` does), or from `QS_BIN_DIR`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where `qs` and `qs-agent` are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the binaries first (cargo build --workspace --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The repository root (for fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A captured fixture host tree, usable as an agent's `--root`.
+pub fn fixture_host(name: &str) -> PathBuf {
+    repo_root().join("inspectors/fixtures/hosts").join(name)
+}
+
+/// Polls `condition` until it returns `Ok(Some(v))` or `timeout` passes; the error names what
+/// never became true and the last reason it gave.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("never checked");
+    loop {
+        match condition().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "condition false".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: not true within {timeout:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn first_line(child: &mut Child, what: &str) -> anyhow::Result<Value> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .with_context(|| format!("{what} printed nothing within 60s"))??
+        .ok_or_else(|| anyhow!("{what} exited before printing its first line"))?;
+    // Keep draining stdout so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    serde_json::from_str(&line).with_context(|| format!("{what} first line is not JSON: {line}"))
+}
+
+/// A running `qs serve`.
+pub struct Controller {
+    child: Child,
+    /// The agent endpoint it bound, `tcp://127.0.0.1:PORT`.
+    pub agents: String,
+    /// The HTTP base URL, `http://127.0.0.1:PORT`.
+    pub http: String,
+}
+
+impl Controller {
+    /// Starts `qs serve` on free loopback ports with `data_dir` and extra flags.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(data_dir, "tcp://127.0.0.1:0", "127.0.0.1:0", extra).await
+    }
+
+    /// Starts `qs serve` on the given endpoints (to restart on the same ports).
+    pub async fn start_on(data_dir: &Path, agents: &str, http: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary("qs")?)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--agents", agents, "--http", http])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start qs serve")?;
+        let line = first_line(&mut child, "qs serve").await?;
+        let field = |k: &str| {
+            line.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("qs serve first line lacks {k}: {line}"))
+        };
+        Ok(Self {
+            agents: field("agents")?,
+            http: field("http")?,
+            child,
+        })
+    }
+
+    /// The agent endpoint's `HOST:PORT`.
+    pub fn agents_addr(&self) -> &str {
+        self.agents.trim_start_matches("tcp://")
+    }
+
+    /// The HTTP `HOST:PORT`.
+    pub fn http_addr(&self) -> &str {
+        self.http.trim_start_matches("http://")
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("cannot kill qs serve")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// GET a path under the base URL, returning status and JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = reqwest::get(format!("{}{path}", self.http)).await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
+    /// POST JSON to a path under the base URL, returning status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.http))
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
+    /// Runs the `qs` CLI against this controller; returns (success, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(binary("qs")?)
+            .args(args)
+            .env("QS_URL", &self.http)
+            .output()
+            .await
+            .context("cannot run qs")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The agents list from the API.
+    pub async fn agents(&self) -> anyhow::Result<Vec<Value>> {
+        let (status, body) = self.get("/api/v1/agents").await?;
+        if status != 200 {
+            bail!("GET /api/v1/agents: {status} {body}");
+        }
+        body.as_array().cloned().ok_or_else(|| anyhow!("agents is not a list"))
+    }
+
+    /// Whether the agent with this id is listed online.
+    pub async fn is_online(&self, id: &str) -> anyhow::Result<bool> {
+        Ok(self.agents().await?.iter().any(|a| {
+            a.get("mercury_id").and_then(Value::as_str) == Some(id)
+                && a.get("online").and_then(Value::as_bool) == Some(true)
+        }))
+    }
+}
+
+/// A running `qs-agent run`.
+pub struct Agent {
+    child: Child,
+    /// The MercuryId it announced.
+    pub mercury_id: String,
+}
+
+impl Agent {
+    /// Starts an agent inspecting `root`, connected to `controller` (`tcp://…`).
+    pub async fn start(controller: &str, root: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary("qs-agent")?)
+            .args(["run", "--controller", controller, "--reply-timeout", "3s", "--root"])
+            .arg(root)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start qs-agent")?;
+        let line = first_line(&mut child, "qs-agent run").await?;
+        let mercury_id = line
+            .get("mercury_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("qs-agent first line lacks mercury_id: {line}"))?
+            .to_owned();
+        Ok(Self { child, mercury_id })
+    }
+
+    /// Kills the agent at once.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("cannot kill qs-agent")
+    }
+}
+
+/// Runs `qs-agent` with arguments; returns (success, stdout, stderr).
+pub async fn agent_cli(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(binary("qs-agent")?)
+        .args(args)
+        .output()
+        .await
+        .context("cannot run qs-agent")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
