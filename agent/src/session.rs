@@ -75,9 +75,8 @@ struct Agent {
     exclusive: Mutex<()>,
 }
 
-/// Why a session ended.
+/// Why a session ended (the controller went away or stopped answering).
 enum SessionEnd {
-    Shutdown,
     Lost(String),
 }
 
@@ -104,7 +103,6 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
             end = session(&agent, &config) => end,
         };
         let reason = match end {
-            Ok(SessionEnd::Shutdown) => return Ok(()),
             Ok(SessionEnd::Lost(reason)) => reason,
             Err(error) => format!("{error:#}"),
         };

@@ -59,13 +59,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("never checked");
     loop {
-        match condition().await {
+        let last = match condition().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => last = "condition false".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(None) => "condition false".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
         if tokio::time::Instant::now() >= deadline {
             bail!("{what}: not true within {timeout:?} (last: {last})");
         }

