@@ -49,7 +49,10 @@ mod tests {
         let delays: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
         for (d, base) in delays.iter().zip([100u64, 200, 400, 400, 400]) {
             let base = Duration::from_millis(base);
-            assert!(*d >= base.mul_f64(0.75) && *d <= base.mul_f64(1.25), "{d:?} vs {base:?}");
+            assert!(
+                *d >= base.mul_f64(0.75) && *d <= base.mul_f64(1.25),
+                "{d:?} vs {base:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(125));

@@ -20,7 +20,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Quicksilver agent.
 #[derive(Debug, Parser)]
-#[command(name = "qs-agent", version, about = "Quicksilver agent: inspects this server and serves the controller")]
+#[command(
+    name = "qs-agent",
+    version,
+    about = "Quicksilver agent: inspects this server and serves the controller"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -99,17 +103,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(out) => SysRoot::recording(root, out),
                 None => sysroot(root),
             };
-            let inventory = tokio::task::spawn_blocking(move || identity::inspect(&root, only.as_deref()))
-                .await
-                .context("inspection panicked")?;
+            let inventory =
+                tokio::task::spawn_blocking(move || identity::inspect(&root, only.as_deref()))
+                    .await
+                    .context("inspection panicked")?;
             println!("{}", serde_json::to_string_pretty(&inventory)?);
             Ok(())
         }
         Cmd::Id { root, explain } => {
             let root = sysroot(root);
-            let inventory = tokio::task::spawn_blocking(move || qs_inspectors::run_all(&root, None))
-                .await
-                .context("inspection panicked")?;
+            let inventory =
+                tokio::task::spawn_blocking(move || qs_inspectors::run_all(&root, None))
+                    .await
+                    .context("inspection panicked")?;
             let derivation = qs_proto::mercury_id::derive(&qs_inspectors::id_sources(&inventory))?;
             println!("{}", derivation.id);
             if explain {
@@ -123,7 +129,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_frame,
             reply_timeout,
         } => {
-            let config = session::SessionConfig::new(&controller, sysroot(root), max_frame, reply_timeout)?;
+            let config =
+                session::SessionConfig::new(&controller, sysroot(root), max_frame, reply_timeout)?;
             session::run(config).await
         }
     }

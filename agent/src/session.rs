@@ -42,13 +42,18 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     /// Checks the controller endpoint (`tcp://HOST:PORT`) and keeps the rest.
-    pub fn new(endpoint: &str, root: SysRoot, max_frame: usize, reply_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoint: &str,
+        root: SysRoot,
+        max_frame: usize,
+        reply_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let Some(rest) = endpoint.strip_prefix("tcp://") else {
             bail!("--controller must look like tcp://HOST:PORT, got {endpoint:?}");
         };
-        let port_ok = rest
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+        let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
         if !port_ok {
             bail!("--controller must look like tcp://HOST:PORT, got {endpoint:?}");
         }
@@ -119,7 +124,9 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
     }
 }
 
-async fn inspect_until_identified(root: &SysRoot) -> anyhow::Result<(serde_json::Value, MercuryId)> {
+async fn inspect_until_identified(
+    root: &SysRoot,
+) -> anyhow::Result<(serde_json::Value, MercuryId)> {
     loop {
         let r = root.clone();
         let inventory = tokio::task::spawn_blocking(move || identity::inspect(&r, None))
@@ -128,7 +135,8 @@ async fn inspect_until_identified(root: &SysRoot) -> anyhow::Result<(serde_json:
         match identity::derive(&inventory) {
             Ok(derivation) => {
                 info!(mercury_id = %derivation.id, rule = %derivation.rule, "identified");
-                let mut doc = serde_json::to_value(&inventory).context("inventory is not serialisable")?;
+                let mut doc =
+                    serde_json::to_value(&inventory).context("inventory is not serialisable")?;
                 if let Some(map) = doc.as_object_mut() {
                     map.insert("mercury_id".into(), derivation.id.to_string().into());
                 }
@@ -212,7 +220,11 @@ async fn send(outbox: &mpsc::Sender<Envelope>, env: Envelope) -> anyhow::Result<
         .map_err(|_| anyhow!("connection writer stopped"))
 }
 
-async fn register(agent: &Agent, ids: &mut Ids, outbox: &mpsc::Sender<Envelope>) -> anyhow::Result<MessageId> {
+async fn register(
+    agent: &Agent,
+    ids: &mut Ids,
+    outbox: &mpsc::Sender<Envelope>,
+) -> anyhow::Result<MessageId> {
     let id = ids.next();
     let body = Body::Register(Register {
         mercury_id: agent.id.clone(),
@@ -305,24 +317,38 @@ async fn serve(
     }
 }
 
-async fn reject_frame(error: &DecodeError, ids: &mut Ids, outbox: &mpsc::Sender<Envelope>) -> anyhow::Result<()> {
+async fn reject_frame(
+    error: &DecodeError,
+    ids: &mut Ids,
+    outbox: &mpsc::Sender<Envelope>,
+) -> anyhow::Result<()> {
     warn!(error = %error, kind = error.kind(), "undecodable frame from the controller");
     if let Some(re) = error.message_id() {
         let code = match error {
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             _ => ErrorCode::Malformed,
         };
-        let reply = Envelope::reply(ids.next(), re, Body::Error(ErrorBody {
-            code,
-            message: error.to_string(),
-        }));
+        let reply = Envelope::reply(
+            ids.next(),
+            re,
+            Body::Error(ErrorBody {
+                code,
+                message: error.to_string(),
+            }),
+        );
         send(outbox, reply).await?;
     }
     Ok(())
 }
 
 /// Runs one call off the session loop; `id_base` keeps its message ids apart from the loop's.
-async fn serve_call(agent: Arc<Agent>, call_id: MessageId, call: CapabilityCall, outbox: mpsc::Sender<Envelope>, id_base: u64) {
+async fn serve_call(
+    agent: Arc<Agent>,
+    call_id: MessageId,
+    call: CapabilityCall,
+    outbox: mpsc::Sender<Envelope>,
+    id_base: u64,
+) {
     let mut next = id_base;
     let mut new_id = move || {
         next += 1;
@@ -332,12 +358,21 @@ async fn serve_call(agent: Arc<Agent>, call_id: MessageId, call: CapabilityCall,
         warn!(capability = %call.capability, "unknown capability called");
         let error = ErrorBody {
             code: ErrorCode::UnknownCapability,
-            message: CapabilityError::Unknown { name: call.capability.clone() }.to_string(),
+            message: CapabilityError::Unknown {
+                name: call.capability.clone(),
+            }
+            .to_string(),
         };
-        let _ = outbox.send(Envelope::reply(new_id(), call_id, Body::Error(error))).await;
+        let _ = outbox
+            .send(Envelope::reply(new_id(), call_id, Body::Error(error)))
+            .await;
         return;
     };
-    let _lock = if exclusive { Some(agent.exclusive.lock().await) } else { None };
+    let _lock = if exclusive {
+        Some(agent.exclusive.lock().await)
+    } else {
+        None
+    };
     info!(capability = %call.capability, "serving call");
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(String, Option<f32>)>();
     let runner = {
@@ -347,7 +382,9 @@ async fn serve_call(agent: Arc<Agent>, call_id: MessageId, call: CapabilityCall,
             let mut progress = |message: &str, percent: Option<f32>| {
                 let _ = progress_tx.send((message.to_owned(), percent));
             };
-            agent.capabilities.call(&call.capability, &call.args, &mut progress)
+            agent
+                .capabilities
+                .call(&call.capability, &call.args, &mut progress)
         })
     };
     tokio::pin!(runner);
@@ -367,7 +404,9 @@ async fn serve_call(agent: Arc<Agent>, call_id: MessageId, call: CapabilityCall,
             if call.capability == "inspect" && full {
                 refresh_inventory(&agent, &output, &outbox, new_id()).await;
             }
-            Body::CallResult(CallResult { outcome: CallOutcome::Succeeded(output) })
+            Body::CallResult(CallResult {
+                outcome: CallOutcome::Succeeded(output),
+            })
         }
         Ok(Err(CapabilityError::BadArguments { capability, reason })) => Body::Error(ErrorBody {
             code: ErrorCode::BadArguments,
@@ -377,18 +416,31 @@ async fn serve_call(agent: Arc<Agent>, call_id: MessageId, call: CapabilityCall,
             outcome: CallOutcome::Failed(ErrorReport::from_error(&error)),
         }),
         Err(join_error) => Body::CallResult(CallResult {
-            outcome: CallOutcome::Failed(ErrorReport { message: format!("{} crashed", call.capability), causes: vec![join_error.to_string()] }),
+            outcome: CallOutcome::Failed(ErrorReport {
+                message: format!("{} crashed", call.capability),
+                causes: vec![join_error.to_string()],
+            }),
         }),
     };
     let _ = outbox.send(Envelope::reply(new_id(), call_id, reply)).await;
 }
 
 /// After a full inspection, the controller gets the new inventory as an update.
-async fn refresh_inventory(agent: &Agent, output: &serde_json::Value, outbox: &mpsc::Sender<Envelope>, id: MessageId) {
+async fn refresh_inventory(
+    agent: &Agent,
+    output: &serde_json::Value,
+    outbox: &mpsc::Sender<Envelope>,
+    id: MessageId,
+) {
     let mut doc = output.clone();
     if let Some(map) = doc.as_object_mut() {
         map.insert("mercury_id".into(), agent.id.to_string().into());
     }
     *agent.inventory.lock().await = doc.clone();
-    let _ = outbox.send(Envelope::new(id, Body::InventoryUpdate(InventoryUpdate { inventory: doc }))).await;
+    let _ = outbox
+        .send(Envelope::new(
+            id,
+            Body::InventoryUpdate(InventoryUpdate { inventory: doc }),
+        ))
+        .await;
 }

@@ -40,7 +40,9 @@ fn parse_only(args: &Value) -> Result<Option<Vec<InspectorName>>, CapabilityErro
     names
         .iter()
         .map(|n| {
-            let text = n.as_str().ok_or_else(|| bad("inspector names are strings".into()))?;
+            let text = n
+                .as_str()
+                .ok_or_else(|| bad("inspector names are strings".into()))?;
             text.parse::<InspectorName>()
                 .map_err(|e| bad(e.to_string()))
         })
@@ -82,8 +84,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_arguments_with_their_names() {
-        for args in [json!({"onyl": ["cpu"]}), json!({"only": "cpu"}), json!({"only": ["gpu"]}), json!(3)] {
-            assert!(matches!(parse_only(&args), Err(CapabilityError::BadArguments { .. })), "{args}");
+        for args in [
+            json!({"onyl": ["cpu"]}),
+            json!({"only": "cpu"}),
+            json!({"only": ["gpu"]}),
+            json!(3),
+        ] {
+            assert!(
+                matches!(parse_only(&args), Err(CapabilityError::BadArguments { .. })),
+                "{args}"
+            );
         }
         assert!(matches!(parse_only(&json!({})), Ok(None)));
     }

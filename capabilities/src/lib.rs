@@ -90,10 +90,18 @@ impl Registry {
     }
 
     /// Runs the named capability.
-    pub fn call(&self, name: &str, args: &Value, progress: &mut Progress<'_>) -> Result<Value, CapabilityError> {
-        let capability = self.capabilities.get(name).ok_or_else(|| CapabilityError::Unknown {
-            name: name.chars().take(128).collect(),
-        })?;
+    pub fn call(
+        &self,
+        name: &str,
+        args: &Value,
+        progress: &mut Progress<'_>,
+    ) -> Result<Value, CapabilityError> {
+        let capability = self
+            .capabilities
+            .get(name)
+            .ok_or_else(|| CapabilityError::Unknown {
+                name: name.chars().take(128).collect(),
+            })?;
         capability.call(args, progress)
     }
 }

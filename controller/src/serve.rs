@@ -180,7 +180,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     tasks.spawn(guard.run(shutdown.clone()));
     tasks.spawn(link.run(router_recv, router_send, outbox, shutdown.clone()));
-    tasks.spawn(sweep_loop(registry, config.heartbeat_timeout, shutdown.clone()));
+    tasks.spawn(sweep_loop(
+        registry,
+        config.heartbeat_timeout,
+        shutdown.clone(),
+    ));
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -213,7 +217,10 @@ fn router_socket_path(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = std::path::absolute(dir.join("agents.sock"))
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
     if path.as_os_str().len() > 100 {
-        bail!("data dir path is too long for a Unix socket: {}", path.display());
+        bail!(
+            "data dir path is too long for a Unix socket: {}",
+            path.display()
+        );
     }
     // A socket file left by a killed controller would make bind fail.
     match std::fs::remove_file(&path) {
@@ -258,13 +265,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -19,13 +19,19 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    println!("{:<40} {:>10} {:>14} {:>12}", "inventory", "frame B", "round trips/s", "MB/s");
+    println!(
+        "{:<40} {:>10} {:>14} {:>12}",
+        "inventory", "frame B", "round trips/s", "MB/s"
+    );
     for path in files {
-        let inventory: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let inventory: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let env = Envelope::new(
             MessageId(1),
             Body::Register(Register {
-                mercury_id: "013c16030373937262a32e831ff18c941b6481ded8".parse().unwrap(),
+                mercury_id: "013c16030373937262a32e831ff18c941b6481ded8"
+                    .parse()
+                    .unwrap(),
                 agent_version: "0.1.0".into(),
                 boot_id: "5e0c1c8e-6a1d-4f53-8d2b-2f3c6a0e9f11".into(),
                 capabilities: vec![],
@@ -35,7 +41,13 @@ fn main() {
         let frame = codec::encode(&env).unwrap();
         // Warm up, then run for about two seconds.
         for _ in 0..100 {
-            black_box(codec::decode(&codec::encode(black_box(&env)).unwrap(), codec::DEFAULT_MAX_FRAME).unwrap());
+            black_box(
+                codec::decode(
+                    &codec::encode(black_box(&env)).unwrap(),
+                    codec::DEFAULT_MAX_FRAME,
+                )
+                .unwrap(),
+            );
         }
         let start = Instant::now();
         let mut n = 0u64;

@@ -125,7 +125,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn mercury_id() -> MercuryId {
-        "013c16030373937262a32e831ff18c941b6481ded8".parse().unwrap()
+        "013c16030373937262a32e831ff18c941b6481ded8"
+            .parse()
+            .unwrap()
     }
 
     fn every_body() -> Vec<Body> {
@@ -231,7 +233,10 @@ mod tests {
         let frame = vec![0u8; 100];
         assert!(matches!(
             decode(&frame, 99),
-            Err(DecodeError::Oversize { len: 100, limit: 99 })
+            Err(DecodeError::Oversize {
+                len: 100,
+                limit: 99
+            })
         ));
     }
 
@@ -242,7 +247,10 @@ mod tests {
         let err = decode(&encode(&env).unwrap(), DEFAULT_MAX_FRAME).unwrap_err();
         assert!(matches!(
             err,
-            DecodeError::UnsupportedVersion { version: 99, id: MessageId(42) }
+            DecodeError::UnsupportedVersion {
+                version: 99,
+                id: MessageId(42)
+            }
         ));
         assert_eq!(err.message_id(), Some(MessageId(42)));
     }
@@ -291,7 +299,10 @@ mod tests {
         frame.extend(std::iter::repeat_n(0x91u8, 100_000));
         frame.push(0xc0);
         // Even skipping the body to read the head hits the depth bound, so it is malformed.
-        assert_eq!(decode(&frame, DEFAULT_MAX_FRAME).unwrap_err().kind(), "malformed");
+        assert_eq!(
+            decode(&frame, DEFAULT_MAX_FRAME).unwrap_err().kind(),
+            "malformed"
+        );
     }
 
     fn valid_frames() -> Vec<Vec<u8>> {

@@ -214,7 +214,10 @@ const PLACEHOLDER_VALUES: &[&str] = &[
 pub fn derive(sources: &IdSources) -> Result<Derivation, NoMercuryId> {
     let mut rejected = Vec::new();
     let attempts: [(IdRule, Result<String, String>); 4] = [
-        (IdRule::ProductUuid, uuid_source(sources.product_uuid.as_deref())),
+        (
+            IdRule::ProductUuid,
+            uuid_source(sources.product_uuid.as_deref()),
+        ),
         (
             IdRule::ChassisAssetSerial,
             pair_source(
@@ -260,7 +263,9 @@ fn uuid_source(uuid: Option<&str>) -> Result<String, String> {
             _ => b.is_ascii_hexdigit(),
         });
     if !shaped {
-        return Err(format!("product uuid {raw:?} is not in 8-4-4-4-12 hex form"));
+        return Err(format!(
+            "product uuid {raw:?} is not in 8-4-4-4-12 hex form"
+        ));
     }
     let digits: String = uuid.chars().filter(|c| *c != '-').collect();
     if digits.bytes().all(|b| b == b'0')
@@ -304,8 +309,10 @@ fn pair_source(what: &str, asset: Option<&str>, serial: Option<&str>) -> Result<
 fn normalise_mac(mac: &str) -> Option<String> {
     let mac = mac.trim().to_ascii_lowercase();
     let octets: Vec<&str> = mac.split(':').collect();
-    let well_formed =
-        octets.len() == 6 && octets.iter().all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    let well_formed = octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
     (well_formed && octets.iter().any(|o| *o != "00")).then_some(mac)
 }
 
@@ -331,9 +338,8 @@ fn mac_source(nics: &[NicSource]) -> Result<String, String> {
     if physical.iter().any(|n| n.0) {
         physical.retain(|n| n.0);
     }
-    physical.sort_by(|a, b| {
-        (a.1.is_none(), &a.1, a.2, &a.3).cmp(&(b.1.is_none(), &b.1, b.2, &b.3))
-    });
+    physical
+        .sort_by(|a, b| (a.1.is_none(), &a.1, a.2, &a.3).cmp(&(b.1.is_none(), &b.1, b.2, &b.3)));
     Ok(physical.into_iter().map(|n| n.3).collect())
 }
 
@@ -441,7 +447,15 @@ mod tests {
         ] {
             assert!(derive(&uuid(u)).is_err(), "{u}");
         }
-        for v in ["  ", "Default string", "........", "FFFFFFFF", "0", "N/A", "0123456789"] {
+        for v in [
+            "  ",
+            "Default string",
+            "........",
+            "FFFFFFFF",
+            "0",
+            "N/A",
+            "0123456789",
+        ] {
             assert!(is_placeholder(v), "{v}");
         }
         assert!(!is_placeholder("SN456"));
@@ -480,7 +494,10 @@ mod tests {
             ..IdSources::default()
         })
         .unwrap();
-        assert_eq!(d.source, "00:00:00:00:00:0c00:00:00:00:00:0b00:00:00:00:00:0a");
+        assert_eq!(
+            d.source,
+            "00:00:00:00:00:0c00:00:00:00:00:0b00:00:00:00:00:0a"
+        );
     }
 
     #[test]
@@ -492,9 +509,15 @@ mod tests {
 
     #[test]
     fn parse_validates() {
-        assert!("013c16030373937262a32e831ff18c941b6481ded8".parse::<MercuryId>().is_ok());
-        assert!("053c16030373937262a32e831ff18c941b6481ded8".parse::<MercuryId>().is_err());
-        assert!("013C16030373937262a32e831ff18c941b6481ded8".parse::<MercuryId>().is_err());
+        assert!("013c16030373937262a32e831ff18c941b6481ded8"
+            .parse::<MercuryId>()
+            .is_ok());
+        assert!("053c16030373937262a32e831ff18c941b6481ded8"
+            .parse::<MercuryId>()
+            .is_err());
+        assert!("013C16030373937262a32e831ff18c941b6481ded8"
+            .parse::<MercuryId>()
+            .is_err());
         assert!("01".parse::<MercuryId>().is_err());
         assert!("é".repeat(21).parse::<MercuryId>().is_err());
     }

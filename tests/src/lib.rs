@@ -14,6 +14,16 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Children's logs: inherited when `QS_TEST_LOG` is set (to debug a failure), else dropped so
+/// test output stays readable.
+fn child_stderr() -> Stdio {
+    if std::env::var_os("QS_TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
 /// Where `qs` and `qs-agent` are.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("QS_BIN_DIR") {
@@ -53,7 +63,11 @@ pub fn fixture_host(name: &str) -> PathBuf {
 
 /// Polls `condition` until it returns `Ok(Some(v))` or `timeout` passes; the error names what
 /// never became true and the last reason it gave.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<T>
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut condition: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
@@ -73,7 +87,10 @@ where
 }
 
 async fn first_line(child: &mut Child, what: &str) -> anyhow::Result<Value> {
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{what}: no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
@@ -100,7 +117,12 @@ impl Controller {
     }
 
     /// Starts `qs serve` on the given endpoints (to restart on the same ports).
-    pub async fn start_on(data_dir: &Path, agents: &str, http: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start_on(
+        data_dir: &Path,
+        agents: &str,
+        http: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary("qs")?)
             .arg("serve")
             .arg("--data-dir")
@@ -108,6 +130,7 @@ impl Controller {
             .args(["--agents", agents, "--http", http])
             .args(extra)
             .stdout(Stdio::piped())
+            .stderr(child_stderr())
             .kill_on_drop(true)
             .spawn()
             .context("cannot start qs serve")?;
@@ -184,7 +207,9 @@ impl Controller {
         if status != 200 {
             bail!("GET /api/v1/agents: {status} {body}");
         }
-        body.as_array().cloned().ok_or_else(|| anyhow!("agents is not a list"))
+        body.as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("agents is not a list"))
     }
 
     /// Whether the agent with this id is listed online.
@@ -207,9 +232,17 @@ impl Agent {
     /// Starts an agent inspecting `root`, connected to `controller` (`tcp://…`).
     pub async fn start(controller: &str, root: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(binary("qs-agent")?)
-            .args(["run", "--controller", controller, "--reply-timeout", "3s", "--root"])
+            .args([
+                "run",
+                "--controller",
+                controller,
+                "--reply-timeout",
+                "3s",
+                "--root",
+            ])
             .arg(root)
             .stdout(Stdio::piped())
+            .stderr(child_stderr())
             .kill_on_drop(true)
             .spawn()
             .context("cannot start qs-agent")?;

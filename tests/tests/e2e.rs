@@ -11,13 +11,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
 /// Captured hosts that yield three distinct MercuryIds (see inspectors/fixtures/SOURCES.md).
-const HOSTS: [&str; 3] = ["dev-vm", "intel-client-smbios3", "dell-poweredge-r640"];
+const HOSTS: [&str; 3] = ["dev-vm", "lenovo-thinkpad-t490", "dell-poweredge-m630"];
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn start_agents(controller: &Controller) -> Vec<Agent> {
     let mut agents = Vec::new();
     for host in HOSTS {
-        agents.push(Agent::start(&controller.agents, &fixture_host(host)).await.unwrap());
+        agents.push(
+            Agent::start(&controller.agents, &fixture_host(host))
+                .await
+                .unwrap(),
+        );
     }
     agents
 }
@@ -41,13 +45,19 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     let mut distinct = ids.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), 3, "fixture hosts must be distinct servers: {ids:?}");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "fixture hosts must be distinct servers: {ids:?}"
+    );
     wait_online(&controller, &ids).await;
 
     // Each id matches what `qs-agent id` derives from the same tree.
     for (host, id) in HOSTS.iter().zip(&ids) {
         let root = fixture_host(host);
-        let (ok, out, err) = agent_cli(&["id", "--root", root.to_str().unwrap()]).await.unwrap();
+        let (ok, out, err) = agent_cli(&["id", "--root", root.to_str().unwrap()])
+            .await
+            .unwrap();
         assert!(ok, "{err}");
         assert_eq!(out.trim(), id);
     }
@@ -56,64 +66,159 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     let (status, docs) = controller
         .post(
             "/api/v1/inventory/query",
-            &json!({"filter": {"mem.total": {"$gt": 0}}, "projection": {"mem.total": 1}, "sort": {"mercury_id": 1}}),
+            &json!({"filter": {}, "projection": {"dmi.sys_vendor": 1}, "sort": {"mercury_id": 1}}),
         )
         .await
         .unwrap();
     assert_eq!(status, 200, "{docs}");
-    let got: Vec<&str> = docs.as_array().unwrap().iter().map(|d| d["mercury_id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["mercury_id"].as_str().unwrap())
+        .collect();
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(got, sorted.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(docs[0].get("cpu").is_none(), "projection keeps only mem: {}", docs[0]);
+    assert!(
+        docs.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d.get("agent").is_none()),
+        "projection keeps only dmi.sys_vendor: {docs}"
+    );
+
+    // Any hardware fact finds its server.
+    for (filter, expected) in [
+        (json!({"dmi.sys_vendor": "LENOVO"}), &ids[1]),
+        (
+            json!({"dmi.product_name": {"$regex": "^poweredge m6", "$options": "i"}}),
+            &ids[2],
+        ),
+        (
+            json!({"interfaces": {"$elemMatch": {"driver": "virtio_net", "physical": true}}}),
+            &ids[0],
+        ),
+        (
+            json!({"mem.total": {"$gt": 0}, "agent.online": true}),
+            &ids[0],
+        ),
+    ] {
+        let (status, docs) = controller
+            .post("/api/v1/inventory/query", &json!({"filter": filter}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{docs}");
+        let got: Vec<&str> = docs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["mercury_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, vec![expected.as_str()], "{filter}");
+    }
 
     let (status, body) = controller
-        .post("/api/v1/inventory/query", &json!({"filter": {"mem.total": {"$bogus": 1}}}))
+        .post(
+            "/api/v1/inventory/query",
+            &json!({"filter": {"mem.total": {"$bogus": 1}}}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("$bogus"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$bogus"),
+        "{body}"
+    );
 
-    let (status, body) = controller.get(&format!("/api/v1/inventory/{}", ids[0])).await.unwrap();
+    let (status, body) = controller
+        .get(&format!("/api/v1/inventory/{}", ids[0]))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["mercury_id"], ids[0]);
     assert_eq!(body["agent"]["online"], true);
-    assert!(body["agent"]["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{body}");
-    let (status, _) = controller.get("/api/v1/inventory/00ffffffffffffffffffffffffffffffffffffffff").await.unwrap();
+    assert!(
+        body["agent"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{body}"
+    );
+    let (status, _) = controller
+        .get("/api/v1/inventory/00ffffffffffffffffffffffffffffffffffffffff")
+        .await
+        .unwrap();
     assert_eq!(status, 404);
     let (status, _) = controller.get("/api/v1/inventory/not-an-id").await.unwrap();
     assert_eq!(status, 400);
 
     // The CLI: a table by default, exact JSON with --json.
-    let (ok, table, err) = controller.cli(&["inventory", "find", "{}", "--sort", "{\"mercury_id\": 1}"]).await.unwrap();
+    let (ok, table, err) = controller
+        .cli(&["inventory", "find", "{}", "--sort", "{\"mercury_id\": 1}"])
+        .await
+        .unwrap();
     assert!(ok, "{err}");
     assert!(table.starts_with("MERCURY_ID"), "{table}");
     for id in &ids {
         assert!(table.contains(id.as_str()), "{table}");
     }
     let (ok, out, err) = controller
-        .cli(&["inventory", "find", &json!({"mercury_id": ids[1]}).to_string(), "--json"])
+        .cli(&[
+            "inventory",
+            "find",
+            &json!({"mercury_id": ids[1]}).to_string(),
+            "--json",
+        ])
         .await
         .unwrap();
     assert!(ok, "{err}");
     let found: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["mercury_id"], ids[1]);
-    let (ok, _, err) = controller.cli(&["inventory", "find", "{\"$where\": 1}"]).await.unwrap();
+    let (ok, _, err) = controller
+        .cli(&["inventory", "find", "{\"$where\": 1}"])
+        .await
+        .unwrap();
     assert!(!ok && err.contains("$where"), "{err}");
     let (ok, list, err) = controller.cli(&["agents", "list"]).await.unwrap();
     assert!(ok, "{err}");
-    assert_eq!(list.lines().filter(|l| l.contains(" yes ")).count(), 3, "{list}");
+    assert_eq!(
+        list.lines().filter(|l| l.contains(" yes ")).count(),
+        3,
+        "{list}"
+    );
 
     // Kill the controller (no clean shutdown) and restart it on the same data dir and ports.
-    let before: Value = controller.post("/api/v1/inventory/query", &json!({})).await.unwrap().1;
+    let before: Value = controller
+        .post("/api/v1/inventory/query", &json!({}))
+        .await
+        .unwrap()
+        .1;
     let (agents_addr, http_addr) = (controller.agents.clone(), controller.http_addr().to_owned());
     controller.kill().await.unwrap();
-    let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, &[]).await.unwrap();
+    let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, &[])
+        .await
+        .unwrap();
     // Nothing was lost: every document is there before any agent re-registers.
-    let after: Value = controller.post("/api/v1/inventory/query", &json!({"projection": {"agent": 0}})).await.unwrap().1;
+    let after: Value = controller
+        .post(
+            "/api/v1/inventory/query",
+            &json!({"projection": {"agent": 0}}),
+        )
+        .await
+        .unwrap()
+        .1;
     assert_eq!(after.as_array().unwrap().len(), 3);
-    for (b, a) in before.as_array().unwrap().iter().zip(after.as_array().unwrap()) {
+    for (b, a) in before
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after.as_array().unwrap())
+    {
         let mut b = b.clone();
         b.as_object_mut().unwrap().remove("agent");
         assert_eq!(&b, a);
@@ -122,7 +227,10 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     for id in &ids {
         wait_until(&format!("{id} registered again"), WAIT, || async {
             let (_, doc) = controller.get(&format!("/api/v1/inventory/{id}")).await?;
-            let registered = doc["agent"]["registered"].as_str().unwrap_or_default().to_owned();
+            let registered = doc["agent"]["registered"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let online = doc["agent"]["online"] == true;
             let (_, old) = (registered.clone(), before.clone());
             let old_registered = old
@@ -139,19 +247,31 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
 
     // Calls: inspect answers with an inventory; an unknown capability is an explicit error.
     let (status, body) = controller
-        .post(&format!("/api/v1/agents/{}/calls", ids[0]), &json!({"capability": "inspect", "args": {"only": ["mem"]}, "timeout": 30}))
+        .post(
+            &format!("/api/v1/agents/{}/calls", ids[0]),
+            &json!({"capability": "inspect", "args": {"only": ["mem"]}, "timeout": 30}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outcome"], "succeeded");
-    assert!(body["output"]["mem"]["total"].as_u64().unwrap() > 0, "{body}");
+    assert!(
+        body["output"]["mem"]["total"].as_u64().unwrap() > 0,
+        "{body}"
+    );
     let (status, body) = controller
-        .post(&format!("/api/v1/agents/{}/calls", ids[0]), &json!({"capability": "frobnicate", "timeout": 30}))
+        .post(
+            &format!("/api/v1/agents/{}/calls", ids[0]),
+            &json!({"capability": "frobnicate", "timeout": 30}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "unknown_capability");
-    let (ok, out, err) = controller.cli(&["agents", "call", &ids[1], "inspect", "--timeout", "30"]).await.unwrap();
+    let (ok, out, err) = controller
+        .cli(&["agents", "call", &ids[1], "inspect", "--timeout", "30"])
+        .await
+        .unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("\"succeeded\""), "{out}");
 
@@ -165,10 +285,13 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     })
     .await
     .unwrap();
-    let (status, doc) = controller.get(&format!("/api/v1/inventory/{gone_id}")).await.unwrap();
+    let (status, doc) = controller
+        .get(&format!("/api/v1/inventory/{gone_id}"))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(doc["agent"]["online"], false);
-    assert!(doc.get("mem").is_some());
+    assert_eq!(doc["dmi"]["product_name"], "PowerEdge M630");
 }
 
 /// ZMTP 3.0 greeting (NULL mechanism, client) and a READY command for a DEALER.
@@ -180,7 +303,10 @@ fn zmtp_handshake(identity: &[u8]) -> Vec<u8> {
     g[12..16].copy_from_slice(b"NULL");
     let mut body = vec![5];
     body.extend_from_slice(b"READY");
-    for (k, v) in [(b"Socket-Type".as_slice(), b"DEALER".as_slice()), (b"Identity", identity)] {
+    for (k, v) in [
+        (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
+        (b"Identity", identity),
+    ] {
         body.push(k.len() as u8);
         body.extend_from_slice(k);
         body.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -194,20 +320,42 @@ fn zmtp_handshake(identity: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     let data = tempfile::tempdir().unwrap();
-    let mut controller = Controller::start(data.path(), &["--max-frame", "1048576", "--heartbeat-timeout", "20s"]).await.unwrap();
-    let agent = Agent::start(&controller.agents, &fixture_host(HOSTS[0])).await.unwrap();
+    let mut controller = Controller::start(
+        data.path(),
+        &["--max-frame", "1048576", "--heartbeat-timeout", "20s"],
+    )
+    .await
+    .unwrap();
+    let agent = Agent::start(&controller.agents, &fixture_host(HOSTS[0]))
+        .await
+        .unwrap();
     wait_online(&controller, std::slice::from_ref(&agent.mercury_id)).await;
-    let before: Value = controller.post("/api/v1/inventory/query", &json!({"projection": {"agent": 0}})).await.unwrap().1;
+    let before: Value = controller
+        .post(
+            "/api/v1/inventory/query",
+            &json!({"projection": {"agent": 0}}),
+        )
+        .await
+        .unwrap()
+        .1;
 
     // 1. Raw garbage instead of a ZMTP greeting.
-    for garbage in [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), vec![0xffu8; 4096], (0..=255u8).cycle().take(70_000).collect()] {
-        let mut s = tokio::net::TcpStream::connect(controller.agents_addr()).await.unwrap();
+    for garbage in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xffu8; 4096],
+        (0..=255u8).cycle().take(70_000).collect(),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
+            .await
+            .unwrap();
         let _ = s.write_all(&garbage).await;
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
     }
     // 2. A valid handshake, then a frame announcing 1 TiB (it must never be allocated).
-    let mut s = tokio::net::TcpStream::connect(controller.agents_addr()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
+        .await
+        .unwrap();
     let mut hello = zmtp_handshake(b"00aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
     hello.push(0x02);
     hello.extend_from_slice(&(1u64 << 40).to_be_bytes());
@@ -216,19 +364,44 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     drop(s);
     // 3. A real ZeroMQ peer sending malformed envelopes, a bad version, and an oversize message.
     let mut options = SocketOptions::default();
-    options.peer_identity(b"00bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".as_slice().try_into().unwrap());
+    options.peer_identity(
+        b"00bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            .as_slice()
+            .try_into()
+            .unwrap(),
+    );
     let mut dealer = DealerSocket::with_options(options);
     dealer.connect(&controller.agents).await.unwrap();
-    dealer.send(ZmqMessage::from(bytes::Bytes::from_static(b"\xc1\xc1 not msgpack"))).await.unwrap();
+    dealer
+        .send(ZmqMessage::from(bytes::Bytes::from_static(
+            b"\xc1\xc1 not msgpack",
+        )))
+        .await
+        .unwrap();
     // {v: 99, id: 1, body: {heartbeat: {}}}
-    let bad_version = bytes::Bytes::from_static(b"\x83\xa1v\x63\xa2id\x01\xa4body\x81\xa9heartbeat\x80");
+    let bad_version =
+        bytes::Bytes::from_static(b"\x83\xa1v\x63\xa2id\x01\xa4body\x81\xa9heartbeat\x80");
     dealer.send(ZmqMessage::from(bad_version)).await.unwrap();
-    dealer.send(ZmqMessage::from(bytes::Bytes::from(vec![0x90u8; 2 * 1024 * 1024]))).await.unwrap();
+    dealer
+        .send(ZmqMessage::from(bytes::Bytes::from(vec![
+            0x90u8;
+            2 * 1024 * 1024
+        ])))
+        .await
+        .unwrap();
     // The controller counts each kind.
     wait_until("bad input counted", WAIT, || async {
         let (_, c) = controller.get("/api/v1/counters").await?;
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
-        Ok((n("rejected_connections") >= 3 && n("oversize_frames") >= 2 && n("malformed_frames") >= 1 && n("unsupported_versions") >= 1).then_some(c))
+        let all = n("rejected_connections") >= 3
+            && n("oversize_frames") >= 2
+            && n("malformed_frames") >= 1
+            && n("unsupported_versions") >= 1;
+        if all {
+            Ok(Some(c))
+        } else {
+            Err(anyhow::anyhow!("counters so far: {c}"))
+        }
     })
     .await
     .unwrap();
@@ -238,11 +411,21 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     assert!(controller.is_running());
     let (status, _) = controller.get("/healthz").await.unwrap();
     assert_eq!(status, 200);
-    let after: Value = controller.post("/api/v1/inventory/query", &json!({"projection": {"agent": 0}})).await.unwrap().1;
+    let after: Value = controller
+        .post(
+            "/api/v1/inventory/query",
+            &json!({"projection": {"agent": 0}}),
+        )
+        .await
+        .unwrap()
+        .1;
     assert_eq!(before, after);
     assert!(controller.is_online(&agent.mercury_id).await.unwrap());
     let (status, body) = controller
-        .post(&format!("/api/v1/agents/{}/calls", agent.mercury_id), &json!({"capability": "inspect", "args": {"only": ["cpu"]}, "timeout": 30}))
+        .post(
+            &format!("/api/v1/agents/{}/calls", agent.mercury_id),
+            &json!({"capability": "inspect", "args": {"only": ["cpu"]}, "timeout": 30}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
@@ -256,7 +439,11 @@ async fn agent_reconnects_when_the_controller_appears_later() {
     let probe = Controller::start(data.path(), &[]).await.unwrap();
     let (agents_addr, http_addr) = (probe.agents.clone(), probe.http_addr().to_owned());
     probe.kill().await.unwrap();
-    let agent = Agent::start(&agents_addr, &fixture_host(HOSTS[1])).await.unwrap();
-    let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, &[]).await.unwrap();
+    let agent = Agent::start(&agents_addr, &fixture_host(HOSTS[1]))
+        .await
+        .unwrap();
+    let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, &[])
+        .await
+        .unwrap();
     wait_online(&controller, std::slice::from_ref(&agent.mercury_id)).await;
 }

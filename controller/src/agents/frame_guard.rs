@@ -43,6 +43,9 @@ pub enum GuardError {
     /// The first 64 bytes are not a ZMTP 3 NULL-mechanism greeting.
     #[error("not a ZMTP 3 greeting with the NULL mechanism")]
     BadGreeting,
+    /// The connection ended or failed before the greeting and READY were complete.
+    #[error("connection ended during the handshake")]
+    IncompleteHandshake(#[source] std::io::Error),
     /// The greeting or READY did not arrive in time.
     #[error("handshake not completed within {0:?}")]
     HandshakeTimeout(Duration),
@@ -258,14 +261,18 @@ fn check_greeting(g: &[u8; 64]) -> Result<(), GuardError> {
 /// Reads the `Identity` property from a READY command body, if present.
 fn ready_identity(body: &[u8]) -> Result<Option<Vec<u8>>, GuardError> {
     let (&name_len, rest) = body.split_first().ok_or(GuardError::BadCommand)?;
-    let name = rest.get(..usize::from(name_len)).ok_or(GuardError::BadCommand)?;
+    let name = rest
+        .get(..usize::from(name_len))
+        .ok_or(GuardError::BadCommand)?;
     if name != b"READY" {
         return Ok(None);
     }
     let mut props = &rest[usize::from(name_len)..];
     let mut identity = None;
     while let Some((&key_len, rest)) = props.split_first() {
-        let key = rest.get(..usize::from(key_len)).ok_or(GuardError::BadCommand)?;
+        let key = rest
+            .get(..usize::from(key_len))
+            .ok_or(GuardError::BadCommand)?;
         let rest = &rest[usize::from(key_len)..];
         let len_bytes: [u8; 4] = rest
             .get(..4)
@@ -361,7 +368,12 @@ where
         handshake(&mut r, &mut upstream, peer, peers, identity),
     )
     .await
-    .map_err(|_| GuardError::HandshakeTimeout(config.handshake_timeout))??;
+    .map_err(|_| GuardError::HandshakeTimeout(config.handshake_timeout))?
+    .map_err(|e| match e {
+        // A peer that leaves mid-handshake (a port scan, a stray client) is a rejection too.
+        GuardError::Io(io) => GuardError::IncompleteHandshake(io),
+        other => other,
+    })?;
 
     let limit = config.max_frame as u64;
     // Bytes and frames of the message being forwarded; None between messages.
@@ -423,7 +435,10 @@ mod tests {
     fn ready(identity: &[u8]) -> Vec<u8> {
         let mut body = vec![5];
         body.extend_from_slice(b"READY");
-        for (k, v) in [(b"Socket-Type".as_slice(), b"DEALER".as_slice()), (b"Identity", identity)] {
+        for (k, v) in [
+            (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
+            (b"Identity", identity),
+        ] {
             body.push(k.len() as u8);
             body.extend_from_slice(k);
             body.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -434,7 +449,10 @@ mod tests {
         frame
     }
 
-    async fn run(input: Vec<u8>, max_frame: usize) -> (Result<(), GuardError>, Vec<u8>, Counters, Option<Vec<u8>>) {
+    async fn run(
+        input: Vec<u8>,
+        max_frame: usize,
+    ) -> (Result<(), GuardError>, Vec<u8>, Counters, Option<Vec<u8>>) {
         let counters = Counters::default();
         let peers = PeerAddresses::default();
         let mut out = Vec::new();
@@ -444,7 +462,16 @@ mod tests {
             handshake_timeout: Duration::from_secs(5),
         };
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let r = forward_client(input.as_slice(), &mut out, peer, &config, &counters, &peers, &mut identity).await;
+        let r = forward_client(
+            input.as_slice(),
+            &mut out,
+            peer,
+            &config,
+            &counters,
+            &peers,
+            &mut identity,
+        )
+        .await;
         (r, out, counters, identity)
     }
 
@@ -510,18 +537,27 @@ mod tests {
 
         let mut input = greeting().to_vec();
         input.extend(message(b"x", false));
-        assert!(matches!(run(input, 1024).await.0, Err(GuardError::MessageBeforeReady)));
+        assert!(matches!(
+            run(input, 1024).await.0,
+            Err(GuardError::MessageBeforeReady)
+        ));
 
         let mut input = greeting().to_vec();
         input.extend(ready(b"a"));
         input.push(0x80);
-        assert!(matches!(run(input, 1024).await.0, Err(GuardError::BadFlags(0x80))));
+        assert!(matches!(
+            run(input, 1024).await.0,
+            Err(GuardError::BadFlags(0x80))
+        ));
 
         let mut input = greeting().to_vec();
         input.extend(ready(b"a"));
         input.extend(message(&[0u8; 600], true));
         input.extend(message(&[0u8; 600], false));
-        assert!(matches!(run(input, 1024).await.0, Err(GuardError::OversizeMultipart { .. })));
+        assert!(matches!(
+            run(input, 1024).await.0,
+            Err(GuardError::OversizeMultipart { .. })
+        ));
     }
 
     #[test]

@@ -118,7 +118,9 @@ impl AgentLink {
         MessageId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(MercuryId, MessageId), oneshot::Sender<Reply>>> {
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(MercuryId, MessageId), oneshot::Sender<Reply>>> {
         // Entries are inserted and removed whole; a poisoned map is still consistent.
         self.pending
             .lock()
@@ -215,7 +217,9 @@ impl AgentLink {
             return;
         };
         let peer = self.peers.get(&identity);
-        let peer_text = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+        let peer_text = peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
         let env = match codec::decode(&payload, self.config.max_frame) {
             Ok(env) => env,
             Err(error) => {
@@ -226,23 +230,33 @@ impl AgentLink {
                         DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
                         _ => ErrorCode::Malformed,
                     };
-                    self.reply_error(&identity, re, code, error.to_string()).await;
+                    self.reply_error(&identity, re, code, error.to_string())
+                        .await;
                 }
                 return;
             }
         };
         Counters::bump(&self.counters.messages);
-        let id = match std::str::from_utf8(&identity).ok().map(str::parse::<MercuryId>) {
+        let id = match std::str::from_utf8(&identity)
+            .ok()
+            .map(str::parse::<MercuryId>)
+        {
             Some(Ok(id)) => id,
             _ => {
                 Counters::bump(&self.counters.refused);
                 warn!(peer = %peer_text, "message from a peer whose routing id is not a MercuryId");
-                self.reply_error(&identity, env.id, ErrorCode::NotRegistered, "routing id must be the agent's MercuryId".into())
-                    .await;
+                self.reply_error(
+                    &identity,
+                    env.id,
+                    ErrorCode::NotRegistered,
+                    "routing id must be the agent's MercuryId".into(),
+                )
+                .await;
                 return;
             }
         };
-        self.handle(&identity, id, peer.map(|p| p.to_string()), env).await;
+        self.handle(&identity, id, peer.map(|p| p.to_string()), env)
+            .await;
     }
 
     fn count_decode_error(&self, error: &DecodeError) {
@@ -255,31 +269,59 @@ impl AgentLink {
         Counters::bump(counter);
     }
 
-    async fn handle(&self, identity: &Bytes, id: MercuryId, address: Option<String>, env: Envelope) {
+    async fn handle(
+        &self,
+        identity: &Bytes,
+        id: MercuryId,
+        address: Option<String>,
+        env: Envelope,
+    ) {
         match env.body {
-            Body::Register(register) => self.on_register(identity, id, address, env.id, register).await,
+            Body::Register(register) => {
+                self.on_register(identity, id, address, env.id, register)
+                    .await
+            }
             Body::Heartbeat(_) => match self.registry.seen(&id).await {
                 Ok(true) => {
-                    let reply = Envelope::reply(self.next_id(), env.id, Body::Heartbeat(Heartbeat {}));
+                    let reply =
+                        Envelope::reply(self.next_id(), env.id, Body::Heartbeat(Heartbeat {}));
                     self.send(identity, &reply).await;
                 }
                 Ok(false) => {
                     Counters::bump(&self.counters.refused);
                     debug!(mercury_id = %id, "heartbeat without a session: asking to register");
-                    self.reply_error(identity, env.id, ErrorCode::NotRegistered, "register first".into())
-                        .await;
+                    self.reply_error(
+                        identity,
+                        env.id,
+                        ErrorCode::NotRegistered,
+                        "register first".into(),
+                    )
+                    .await;
                 }
-                Err(error) => self.internal_error(identity, env.id, qs_proto::ErrorReport::from_error(&error)).await,
+                Err(error) => {
+                    self.internal_error(identity, env.id, qs_proto::ErrorReport::from_error(&error))
+                        .await
+                }
             },
             Body::InventoryUpdate(update) => {
                 if !self.registry.has_session(&id) {
                     Counters::bump(&self.counters.refused);
-                    self.reply_error(identity, env.id, ErrorCode::NotRegistered, "register first".into())
-                        .await;
+                    self.reply_error(
+                        identity,
+                        env.id,
+                        ErrorCode::NotRegistered,
+                        "register first".into(),
+                    )
+                    .await;
                     return;
                 }
                 if let Err(error) = self.store_inventory(&id, update.inventory).await {
-                    self.internal_error(identity, env.id, qs_proto::ErrorReport::from_error(&*error)).await;
+                    self.internal_error(
+                        identity,
+                        env.id,
+                        qs_proto::ErrorReport::from_error(&*error),
+                    )
+                    .await;
                     return;
                 }
                 let _ = self.registry.seen(&id).await;
@@ -295,8 +337,13 @@ impl AgentLink {
             }
             Body::Registered(_) | Body::CapabilityCall(_) => {
                 Counters::bump(&self.counters.refused);
-                self.reply_error(identity, env.id, ErrorCode::UnexpectedMessage, format!("{} is not sent to the controller", env.body.kind()))
-                    .await;
+                self.reply_error(
+                    identity,
+                    env.id,
+                    ErrorCode::UnexpectedMessage,
+                    format!("{} is not sent to the controller", env.body.kind()),
+                )
+                .await;
             }
         }
     }
@@ -312,8 +359,13 @@ impl AgentLink {
         if register.mercury_id != id {
             Counters::bump(&self.counters.refused);
             warn!(routing_id = %id, claimed = %register.mercury_id, "register names another MercuryId");
-            self.reply_error(identity, msg_id, ErrorCode::BadArguments, "mercury_id differs from the routing id".into())
-                .await;
+            self.reply_error(
+                identity,
+                msg_id,
+                ErrorCode::BadArguments,
+                "mercury_id differs from the routing id".into(),
+            )
+            .await;
             return;
         }
         let now = OffsetDateTime::now_utc();
@@ -328,11 +380,13 @@ impl AgentLink {
         };
         // The inventory first: a registered agent always has a document to query.
         if let Err(error) = self.store_inventory(&id, register.inventory).await {
-            self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&*error)).await;
+            self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&*error))
+                .await;
             return;
         }
         if let Err(error) = self.registry.register(&id, record).await {
-            self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&error)).await;
+            self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&error))
+                .await;
             return;
         }
         info!(mercury_id = %id, "agent registered");
@@ -340,7 +394,8 @@ impl AgentLink {
             self.next_id(),
             msg_id,
             Body::Registered(Registered {
-                heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+                heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
             }),
         );
         self.send(identity, &reply).await;
@@ -355,10 +410,15 @@ impl AgentLink {
         let serde_json::Value::Object(mut doc) = inventory else {
             return Err("inventory is not a document".into());
         };
-        doc.insert("mercury_id".into(), serde_json::Value::String(id.to_string()));
+        doc.insert(
+            "mercury_id".into(),
+            serde_json::Value::String(id.to_string()),
+        );
         // The agent does not own these fields; whatever it sent is replaced by ours.
         doc.remove("agent");
-        self.store.put_inventory(id.as_str(), serde_json::Value::Object(doc)).await?;
+        self.store
+            .put_inventory(id.as_str(), serde_json::Value::Object(doc))
+            .await?;
         Ok(())
     }
 
@@ -368,13 +428,16 @@ impl AgentLink {
             Some(tx) => {
                 let _ = tx.send(reply);
             }
-            None => debug!(mercury_id = %id, re = ?re, "reply to no pending call (late or unknown)"),
+            None => {
+                debug!(mercury_id = %id, re = ?re, "reply to no pending call (late or unknown)")
+            }
         }
     }
 
     async fn internal_error(&self, identity: &Bytes, re: MessageId, report: qs_proto::ErrorReport) {
         warn!(error = %report, "handling an agent message failed");
-        self.reply_error(identity, re, ErrorCode::Internal, report.to_string()).await;
+        self.reply_error(identity, re, ErrorCode::Internal, report.to_string())
+            .await;
     }
 
     async fn reply_error(&self, identity: &Bytes, re: MessageId, code: ErrorCode, message: String) {
@@ -401,7 +464,11 @@ impl AgentLink {
 /// The receiving end of the link's outbox, consumed by [`AgentLink::run`].
 pub struct OutboxReceiver(mpsc::Receiver<Outgoing>);
 
-async fn send_loop(mut send: RouterSendHalf, mut outbox: mpsc::Receiver<Outgoing>, shutdown: CancellationToken) {
+async fn send_loop(
+    mut send: RouterSendHalf,
+    mut outbox: mpsc::Receiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
     loop {
         let out = tokio::select! {
             () = shutdown.cancelled() => return,

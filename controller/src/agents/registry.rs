@@ -95,8 +95,14 @@ impl Registry {
             .map_err(RegistryError::Query)?;
         let mut agents = BTreeMap::new();
         for doc in store.find(&all).await? {
-            let id = doc.get("mercury_id").and_then(|v| v.as_str()).map(str::parse::<MercuryId>);
-            let record = doc.get("agent").cloned().map(serde_json::from_value::<AgentRecord>);
+            let id = doc
+                .get("mercury_id")
+                .and_then(|v| v.as_str())
+                .map(str::parse::<MercuryId>);
+            let record = doc
+                .get("agent")
+                .cloned()
+                .map(serde_json::from_value::<AgentRecord>);
             match (id, record) {
                 (Some(Ok(id)), Some(Ok(record))) => {
                     agents.insert(
@@ -108,7 +114,9 @@ impl Registry {
                         },
                     );
                 }
-                (Some(Ok(id)), _) => warn!(mercury_id = %id, "stored document has no readable agent fields"),
+                (Some(Ok(id)), _) => {
+                    warn!(mercury_id = %id, "stored document has no readable agent fields")
+                }
                 _ => warn!("stored document has no valid mercury_id"),
             }
         }

@@ -39,7 +39,8 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&agents)?);
                 return Ok(());
             }
-            let headers = ["MERCURY_ID", "ONLINE", "LAST_SEEN", "VERSION", "ADDRESS"].map(String::from);
+            let headers =
+                ["MERCURY_ID", "ONLINE", "LAST_SEEN", "VERSION", "ADDRESS"].map(String::from);
             let rows: Vec<Vec<String>> = agents
                 .iter()
                 .map(|a| {
@@ -66,7 +67,9 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
         } => {
             let args: Value = serde_json::from_str(&args).context("--args is not JSON")?;
             let body = json!({"capability": capability, "args": args, "timeout": timeout});
-            let outcome: Value = api.post(&format!("agents/{mercury_id}/calls"), &body).await?;
+            let outcome: Value = api
+                .post(&format!("agents/{mercury_id}/calls"), &body)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
             if outcome.get("outcome").and_then(Value::as_str) == Some("failed") {
                 anyhow::bail!("{capability} failed on {mercury_id}");

@@ -53,11 +53,18 @@ impl ApiClient {
 
 async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();
-    let bytes = response.bytes().await.context("cannot read the controller's reply")?;
+    let bytes = response
+        .bytes()
+        .await
+        .context("cannot read the controller's reply")?;
     if !status.is_success() {
         let message = serde_json::from_slice::<Value>(&bytes)
             .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         return Err(anyhow!("controller answered {status}: {message}"));
     }

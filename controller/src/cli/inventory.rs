@@ -78,7 +78,9 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
         } => {
             let mut body = Map::new();
             body.insert("filter".into(), parse_json("filter", &filter)?);
-            let projection = projection.map(|p| parse_json("--projection", &p)).transpose()?;
+            let projection = projection
+                .map(|p| parse_json("--projection", &p))
+                .transpose()?;
             if let Some(p) = &projection {
                 body.insert("projection".into(), p.clone());
             }
@@ -99,7 +101,12 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
             let columns = columns(projection.as_ref());
             let rows: Vec<Vec<String>> = docs
                 .iter()
-                .map(|d| columns.iter().map(|c| table::cell(table::lookup(d, c))).collect())
+                .map(|d| {
+                    columns
+                        .iter()
+                        .map(|c| table::cell(table::lookup(d, c)))
+                        .collect()
+                })
                 .collect();
             let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
             print!("{}", table::render(&headers, &rows));
@@ -114,7 +121,10 @@ fn columns(projection: Option<&Value>) -> Vec<String> {
         .and_then(Value::as_object)
         .map(|p| {
             p.iter()
-                .filter(|(k, v)| *k != "mercury_id" && v.as_i64().is_some_and(|n| n != 0) || v.as_bool() == Some(true))
+                .filter(|(k, v)| {
+                    *k != "mercury_id" && v.as_i64().is_some_and(|n| n != 0)
+                        || v.as_bool() == Some(true)
+                })
                 .map(|(k, _)| k.clone())
                 .collect()
         })
@@ -122,5 +132,7 @@ fn columns(projection: Option<&Value>) -> Vec<String> {
     if included.is_empty() {
         return DEFAULT_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
     }
-    std::iter::once("mercury_id".to_owned()).chain(included).collect()
+    std::iter::once("mercury_id".to_owned())
+        .chain(included)
+        .collect()
 }

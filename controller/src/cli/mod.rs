@@ -11,13 +11,22 @@ use crate::serve;
 
 /// Quicksilver controller and operator CLI.
 #[derive(Debug, Parser)]
-#[command(name = "qs", version, about = "Quicksilver controller and operator CLI")]
+#[command(
+    name = "qs",
+    version,
+    about = "Quicksilver controller and operator CLI"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Controller API base URL for operator commands.
-    #[arg(long, env = "QS_URL", global = true, default_value = "http://127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "QS_URL",
+        global = true,
+        default_value = "http://127.0.0.1:9000"
+    )]
     url: reqwest::Url,
     #[command(subcommand)]
     cmd: Cmd,

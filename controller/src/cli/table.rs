@@ -35,9 +35,11 @@ pub fn cell(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
-            items.iter().map(|v| cell(Some(v))).collect::<Vec<_>>().join(",")
-        }
+        Some(Value::Array(items)) if items.iter().all(|v| !v.is_object() && !v.is_array()) => items
+            .iter()
+            .map(|v| cell(Some(v)))
+            .collect::<Vec<_>>()
+            .join(","),
         Some(other) => other.to_string(),
     }
 }
@@ -57,7 +59,11 @@ pub fn flatten(doc: &Value) -> Vec<(String, String)> {
         match v {
             Value::Object(map) if !map.is_empty() => {
                 for (k, v) in map {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&p, v, out);
                 }
             }

@@ -36,7 +36,11 @@ impl ApiError {
     pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
         let report = qs_proto::ErrorReport::from_error(error);
         tracing::error!(error = %report, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", report.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            report.to_string(),
+        )
     }
 }
 

@@ -67,7 +67,9 @@ async fn counters(State(state): State<AppState>) -> Json<CountersSnapshot> {
 
 fn parse_id(text: &str) -> Result<MercuryId, ApiError> {
     text.parse()
-        .map_err(|e: qs_proto::mercury_id::InvalidMercuryId| ApiError::bad_request("bad_mercury_id", e.to_string()))
+        .map_err(|e: qs_proto::mercury_id::InvalidMercuryId| {
+            ApiError::bad_request("bad_mercury_id", e.to_string())
+        })
 }
 
 fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
@@ -92,7 +94,8 @@ async fn query_inventory(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let body = json_body(body)?;
-    let query = Query::from_request(&body).map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    let query = Query::from_request(&body)
+        .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
     state
         .store
         .find(&query)
@@ -131,14 +134,23 @@ async fn call_capability(
     let timeout = Duration::try_from_secs_f64(request.timeout)
         .ok()
         .filter(|t| !t.is_zero())
-        .ok_or_else(|| ApiError::bad_request("bad_request", "timeout must be a positive number of seconds"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_request",
+                "timeout must be a positive number of seconds",
+            )
+        })?;
     let outcome = state
         .link
         .call(&id, &request.capability, request.args, timeout)
         .await
         .map_err(|error| match &error {
-            CallError::NotConnected(_) => ApiError::new(StatusCode::CONFLICT, "not_connected", error.to_string()),
-            CallError::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", error.to_string()),
+            CallError::NotConnected(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_connected", error.to_string())
+            }
+            CallError::Timeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", error.to_string())
+            }
             CallError::Refused { code, .. } => {
                 let code = match code {
                     qs_proto::ErrorCode::UnknownCapability => "unknown_capability",
@@ -147,7 +159,11 @@ async fn call_capability(
                 };
                 ApiError::bad_request(code, error.to_string())
             }
-            CallError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string()),
+            CallError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                error.to_string(),
+            ),
             CallError::Encode(_) => ApiError::internal(&error),
         })?;
     Ok(Json(match outcome {

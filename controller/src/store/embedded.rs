@@ -72,28 +72,48 @@ impl EmbeddedStore {
     }
 
     fn load(&self) -> Result<(), StoreError> {
-        let write = self.db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+        let write = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("begin")(e.into()))?;
         // Create both tables on first open, so reads below never miss them.
-        write.open_table(INVENTORY).map_err(|e| storage("open table")(e.into()))?;
-        write.open_table(AGENT).map_err(|e| storage("open table")(e.into()))?;
+        write
+            .open_table(INVENTORY)
+            .map_err(|e| storage("open table")(e.into()))?;
+        write
+            .open_table(AGENT)
+            .map_err(|e| storage("open table")(e.into()))?;
         write.commit().map_err(|e| storage("commit")(e.into()))?;
 
-        let read = self.db.begin_read().map_err(|e| storage("begin")(e.into()))?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| storage("begin")(e.into()))?;
         let mut docs: BTreeMap<String, Entry> = BTreeMap::new();
-        let inventory = read.open_table(INVENTORY).map_err(|e| storage("open table")(e.into()))?;
+        let inventory = read
+            .open_table(INVENTORY)
+            .map_err(|e| storage("open table")(e.into()))?;
         for row in inventory.iter().map_err(|e| storage("scan")(e.into()))? {
             let (k, v) = row.map_err(|e| storage("scan")(e.into()))?;
             let id = k.value().to_owned();
-            let doc: Map<String, Value> = serde_json::from_slice(v.value())
-                .map_err(|source| StoreError::Corrupt { id: id.clone(), source })?;
+            let doc: Map<String, Value> =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    id: id.clone(),
+                    source,
+                })?;
             docs.entry(id).or_default().inventory = Some(doc);
         }
-        let agents = read.open_table(AGENT).map_err(|e| storage("open table")(e.into()))?;
+        let agents = read
+            .open_table(AGENT)
+            .map_err(|e| storage("open table")(e.into()))?;
         for row in agents.iter().map_err(|e| storage("scan")(e.into()))? {
             let (k, v) = row.map_err(|e| storage("scan")(e.into()))?;
             let id = k.value().to_owned();
-            let agent: Value = serde_json::from_slice(v.value())
-                .map_err(|source| StoreError::Corrupt { id: id.clone(), source })?;
+            let agent: Value =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    id: id.clone(),
+                    source,
+                })?;
             docs.entry(id).or_default().agent = Some(agent);
         }
         for (id, entry) in docs.iter_mut() {
@@ -105,18 +125,33 @@ impl EmbeddedStore {
 
     fn write_docs(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
         // Entries are replaced whole, so a poisoned lock still guards consistent data.
-        self.docs.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.docs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read_docs(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
-        self.docs.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.docs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn commit(&self, table: TableDefinition<&str, &[u8]>, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let write = self.db.begin_write().map_err(|e| storage("begin")(e.into()))?;
+    fn commit(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let write = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("begin")(e.into()))?;
         {
-            let mut t = write.open_table(table).map_err(|e| storage("open table")(e.into()))?;
-            t.insert(id, bytes).map_err(|e| storage("insert")(e.into()))?;
+            let mut t = write
+                .open_table(table)
+                .map_err(|e| storage("open table")(e.into()))?;
+            t.insert(id, bytes)
+                .map_err(|e| storage("insert")(e.into()))?;
         }
         write.commit().map_err(|e| storage("commit")(e.into()))
     }
@@ -128,7 +163,10 @@ impl EmbeddedStore {
         };
         doc.remove("agent");
         doc.insert("mercury_id".into(), Value::String(id.to_owned()));
-        let bytes = serde_json::to_vec(&doc).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })?;
+        let bytes = serde_json::to_vec(&doc).map_err(|source| StoreError::Corrupt {
+            id: id.to_owned(),
+            source,
+        })?;
         self.commit(INVENTORY, id, &bytes)?;
         let mut docs = self.write_docs();
         let entry = docs.entry(id.to_owned()).or_default();
@@ -139,7 +177,10 @@ impl EmbeddedStore {
 
     /// Replaces a server's `agent` subdocument.
     pub fn set_agent(&self, id: &str, agent: Value) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&agent).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })?;
+        let bytes = serde_json::to_vec(&agent).map_err(|source| StoreError::Corrupt {
+            id: id.to_owned(),
+            source,
+        })?;
         self.commit(AGENT, id, &bytes)?;
         let mut docs = self.write_docs();
         let entry = docs.entry(id.to_owned()).or_default();
@@ -156,7 +197,11 @@ impl EmbeddedStore {
     /// Runs a query over every merged document, in MercuryId order before any sort.
     pub fn find(&self, query: &Query) -> Vec<Value> {
         // Snapshot the Arcs so a slow query never holds the lock writers need.
-        let snapshot: Vec<Arc<Value>> = self.read_docs().values().map(|e| e.merged.clone()).collect();
+        let snapshot: Vec<Arc<Value>> = self
+            .read_docs()
+            .values()
+            .map(|e| e.merged.clone())
+            .collect();
         query.run(snapshot.iter().map(|d| d.as_ref()))
     }
 }
@@ -178,7 +223,8 @@ mod tests {
             let s = EmbeddedStore::open(dir.path()).unwrap();
             s.put_inventory("a", json!({"mem": {"total": 1}})).unwrap();
             s.set_agent("a", json!({"online": true})).unwrap();
-            s.put_inventory("a", json!({"mem": {"total": 2}, "agent": {"forged": 1}})).unwrap();
+            s.put_inventory("a", json!({"mem": {"total": 2}, "agent": {"forged": 1}}))
+                .unwrap();
         }
         let s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(
@@ -193,7 +239,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         s.set_agent("b", json!({"online": false})).unwrap();
-        assert_eq!(s.get("b").unwrap(), json!({"mercury_id": "b", "agent": {"online": false}}));
+        assert_eq!(
+            s.get("b").unwrap(),
+            json!({"mercury_id": "b", "agent": {"online": false}})
+        );
         assert!(s.get("c").is_none());
     }
 
@@ -202,7 +251,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = EmbeddedStore::open(dir.path()).unwrap();
         let second = EmbeddedStore::open(dir.path());
-        let Err(err) = second else { panic!("second open succeeded") };
+        let Err(err) = second else {
+            panic!("second open succeeded")
+        };
         assert!(matches!(err, StoreError::InUse { .. }), "{err}");
         assert!(err.to_string().contains("quicksilver.redb"));
     }
@@ -211,7 +262,10 @@ mod tests {
     fn non_objects_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        assert!(matches!(s.put_inventory("x", json!([1])), Err(StoreError::NotADocument { .. })));
+        assert!(matches!(
+            s.put_inventory("x", json!([1])),
+            Err(StoreError::NotADocument { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,9 @@ pub enum Store {
 impl Store {
     /// Opens (creating if needed) the embedded store in `data_dir`.
     pub fn open_embedded(data_dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::Embedded(Arc::new(embedded::EmbeddedStore::open(data_dir)?)))
+        Ok(Store::Embedded(Arc::new(embedded::EmbeddedStore::open(
+            data_dir,
+        )?)))
     }
 
     /// Replaces a server's inventory (everything but the `agent` subdocument).
@@ -111,5 +113,7 @@ impl Store {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(StoreError::Task)?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(StoreError::Task)?
 }

@@ -158,13 +158,15 @@ fn operand_array<'a>(op: &str, v: &'a Value) -> Result<&'a Vec<Value>, QueryErro
 fn in_items(op: &str, v: &Value) -> Result<Vec<InItem>, QueryError> {
     operand_array(op, v)?
         .iter()
-        .map(|item| match item.as_object().and_then(|m| m.get("$regex")) {
-            Some(Value::String(p)) => {
-                let options = item.get("$options").and_then(Value::as_str).unwrap_or("");
-                Ok(InItem::Regex(regex(p, options)?))
-            }
-            _ => Ok(InItem::Value(item.clone())),
-        })
+        .map(
+            |item| match item.as_object().and_then(|m| m.get("$regex")) {
+                Some(Value::String(p)) => {
+                    let options = item.get("$options").and_then(Value::as_str).unwrap_or("");
+                    Ok(InItem::Regex(regex(p, options)?))
+                }
+                _ => Ok(InItem::Value(item.clone())),
+            },
+        )
         .collect()
 }
 
@@ -210,7 +212,11 @@ fn parse_operators(ops: &Map<String, Value>) -> Result<Vec<Cond>, QueryError> {
             "$size" => {
                 let n = v
                     .as_u64()
-                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                    .or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                            .map(|f| f as u64)
+                    })
                     .ok_or_else(|| QueryError::BadOperand {
                         operator: "$size".into(),
                         expected: "a non-negative whole number",
@@ -224,7 +230,11 @@ fn parse_operators(ops: &Map<String, Value>) -> Result<Vec<Cond>, QueryError> {
                     expected: "a document",
                 })?;
                 match is_operator_doc(v) {
-                    Some(ops) if !ops.keys().any(|k| matches!(k.as_str(), "$and" | "$or" | "$nor")) => {
+                    Some(ops)
+                        if !ops
+                            .keys()
+                            .any(|k| matches!(k.as_str(), "$and" | "$or" | "$nor")) =>
+                    {
                         Cond::ElemMatchConds(parse_operators(ops)?)
                     }
                     _ => Cond::ElemMatchFilter(Box::new(parse_document(spec)?)),
@@ -309,30 +319,36 @@ fn holds(cond: &Cond, found: &[Option<&Value>]) -> bool {
             if target.is_null() {
                 return matches!(op, CmpOp::Gte | CmpOp::Lte) && eq_null(found);
             }
-            each_value(found).any(|v| bracket(v) == bracket(target) && op.accepts(compare(v, target)))
+            each_value(found)
+                .any(|v| bracket(v) == bracket(target) && op.accepts(compare(v, target)))
         }
         Cond::In(items) => in_list(found, items),
         Cond::Nin(items) => !in_list(found, items),
         Cond::Exists(want) => found.iter().any(Option::is_some) == *want,
         Cond::Regex(r) => each_value(found).any(|v| v.as_str().is_some_and(|s| r.is_match(s))),
-        Cond::Size(n) => found.iter().flatten().any(|v| v.as_array().is_some_and(|a| a.len() == *n)),
+        Cond::Size(n) => found
+            .iter()
+            .flatten()
+            .any(|v| v.as_array().is_some_and(|a| a.len() == *n)),
         Cond::All(values) => !values.is_empty() && values.iter().all(|v| eq(found, v)),
         Cond::ElemMatchFilter(expr) => found
             .iter()
             .flatten()
             .filter_map(|v| v.as_array())
             .any(|items| items.iter().any(|e| e.is_object() && eval(expr, e))),
-        Cond::ElemMatchConds(conds) => found
-            .iter()
-            .flatten()
-            .filter_map(|v| v.as_array())
-            .any(|items| {
-                // With operators, each element is tested as a value, not as a field to traverse.
-                items.iter().any(|e| {
-                    let single = [Some(e)];
-                    conds.iter().all(|c| holds(c, &single))
+        Cond::ElemMatchConds(conds) => {
+            found
+                .iter()
+                .flatten()
+                .filter_map(|v| v.as_array())
+                .any(|items| {
+                    // With operators, each element is tested as a value, not as a field to traverse.
+                    items.iter().any(|e| {
+                        let single = [Some(e)];
+                        conds.iter().all(|c| holds(c, &single))
+                    })
                 })
-            }),
+        }
         Cond::Not(conds) => !conds.iter().all(|c| holds(c, found)),
         Cond::AllOf(conds) => conds.iter().all(|c| holds(c, found)),
     }
@@ -374,7 +390,10 @@ mod tests {
         assert!(m(json!({"cpu.flags": ["sse", "avx2"]}), server()));
         assert!(!m(json!({"cpu.flags": ["avx2", "sse"]}), server()));
         assert!(m(json!({"mem.total": 68719476736.0}), server()));
-        assert!(m(json!({"dmi": {"product_name": "PowerEdge R640", "sys_vendor": "Dell Inc."}}), server()));
+        assert!(m(
+            json!({"dmi": {"product_name": "PowerEdge R640", "sys_vendor": "Dell Inc."}}),
+            server()
+        ));
         assert!(!m(json!({"dmi": {"sys_vendor": "Dell Inc."}}), server()));
     }
 
@@ -395,7 +414,10 @@ mod tests {
         assert!(m(json!({"mem.total": {"$gt": 1, "$lt": 1e12}}), server()));
         assert!(!m(json!({"mem.total": {"$gt": "a"}}), server()));
         assert!(!m(json!({"dmi.sys_vendor": {"$gt": 5}}), server()));
-        assert!(m(json!({"dmi.sys_vendor": {"$gt": "Del", "$lt": "Dem"}}), server()));
+        assert!(m(
+            json!({"dmi.sys_vendor": {"$gt": "Del", "$lt": "Dem"}}),
+            server()
+        ));
         assert!(m(json!({"interfaces.mtu": {"$gt": 1500}}), server()));
         assert!(!m(json!({"interfaces.mtu": {"$gt": 9000}}), server()));
         assert!(m(json!({"bmc": {"$gte": null}}), server()));
@@ -404,34 +426,85 @@ mod tests {
 
     #[test]
     fn in_exists_regex_size_all() {
-        assert!(m(json!({"interfaces.name": {"$in": ["eth0", "eno2"]}}), server()));
-        assert!(m(json!({"interfaces.name": {"$in": [{"$regex": "^eno"}]}}), server()));
+        assert!(m(
+            json!({"interfaces.name": {"$in": ["eth0", "eno2"]}}),
+            server()
+        ));
+        assert!(m(
+            json!({"interfaces.name": {"$in": [{"$regex": "^eno"}]}}),
+            server()
+        ));
         assert!(m(json!({"bmc": {"$in": [null]}}), server()));
-        assert!(m(json!({"dmi": {"$exists": true}, "bmc": {"$exists": false}}), server()));
+        assert!(m(
+            json!({"dmi": {"$exists": true}, "bmc": {"$exists": false}}),
+            server()
+        ));
         assert!(m(json!({"interfaces.speed": {"$exists": true}}), server()));
-        assert!(m(json!({"dmi.product_name": {"$regex": "r6\\d0", "$options": "i"}}), server()));
-        assert!(!m(json!({"dmi.product_name": {"$regex": "r6\\d0"}}), server()));
-        assert!(m(json!({"interfaces.addresses": {"$regex": "^10\\."}}), server()));
+        assert!(m(
+            json!({"dmi.product_name": {"$regex": "r6\\d0", "$options": "i"}}),
+            server()
+        ));
+        assert!(!m(
+            json!({"dmi.product_name": {"$regex": "r6\\d0"}}),
+            server()
+        ));
+        assert!(m(
+            json!({"interfaces.addresses": {"$regex": "^10\\."}}),
+            server()
+        ));
         assert!(m(json!({"interfaces": {"$size": 2}}), server()));
         assert!(!m(json!({"cpu.flags": {"$size": 1}}), server()));
         assert!(m(json!({"cpu.flags": {"$all": ["avx2", "sse"]}}), server()));
-        assert!(!m(json!({"cpu.flags": {"$all": ["avx512f", "sse"]}}), server()));
+        assert!(!m(
+            json!({"cpu.flags": {"$all": ["avx512f", "sse"]}}),
+            server()
+        ));
         assert!(!m(json!({"cpu.flags": {"$all": []}}), server()));
     }
 
     #[test]
     fn logic_not_and_elem_match() {
-        assert!(m(json!({"$or": [{"dmi.sys_vendor": "HPE"}, {"mem.total": {"$gt": 0}}]}), server()));
-        assert!(!m(json!({"$and": [{"dmi.sys_vendor": "HPE"}, {"mem.total": {"$gt": 0}}]}), server()));
-        assert!(!m(json!({"$nor": [{"dmi.sys_vendor": "Dell Inc."}]}), server()));
-        assert!(m(json!({"dmi.sys_vendor": {"$not": {"$regex": "^HP"}}}), server()));
-        assert!(!m(json!({"dmi.sys_vendor": {"$not": {"$eq": "Dell Inc."}}}), server()));
+        assert!(m(
+            json!({"$or": [{"dmi.sys_vendor": "HPE"}, {"mem.total": {"$gt": 0}}]}),
+            server()
+        ));
+        assert!(!m(
+            json!({"$and": [{"dmi.sys_vendor": "HPE"}, {"mem.total": {"$gt": 0}}]}),
+            server()
+        ));
+        assert!(!m(
+            json!({"$nor": [{"dmi.sys_vendor": "Dell Inc."}]}),
+            server()
+        ));
+        assert!(m(
+            json!({"dmi.sys_vendor": {"$not": {"$regex": "^HP"}}}),
+            server()
+        ));
+        assert!(!m(
+            json!({"dmi.sys_vendor": {"$not": {"$eq": "Dell Inc."}}}),
+            server()
+        ));
         // Both conditions on the same element, unlike two separate dotted conditions.
-        assert!(!m(json!({"interfaces": {"$elemMatch": {"name": "eno2", "speed": {"$gte": 25000}}}}), server()));
-        assert!(m(json!({"interfaces.name": "eno2", "interfaces.speed": {"$gte": 25000}}), server()));
-        assert!(m(json!({"interfaces": {"$elemMatch": {"name": "eno1", "speed": {"$gte": 25000}}}}), server()));
-        assert!(m(json!({"cpu.flags": {"$elemMatch": {"$regex": "^av"}}}), json!({"cpu": {"flags": ["sse", "avx2"]}})));
-        assert!(!m(json!({"cpu.threads": {"$elemMatch": {"$gt": 1}}}), server()));
+        assert!(!m(
+            json!({"interfaces": {"$elemMatch": {"name": "eno2", "speed": {"$gte": 25000}}}}),
+            server()
+        ));
+        assert!(m(
+            json!({"interfaces.name": "eno2", "interfaces.speed": {"$gte": 25000}}),
+            server()
+        ));
+        assert!(m(
+            json!({"interfaces": {"$elemMatch": {"name": "eno1", "speed": {"$gte": 25000}}}}),
+            server()
+        ));
+        assert!(m(
+            json!({"cpu.flags": {"$elemMatch": {"$regex": "^av"}}}),
+            json!({"cpu": {"flags": ["sse", "avx2"]}})
+        ));
+        assert!(!m(
+            json!({"cpu.threads": {"$elemMatch": {"$gt": 1}}}),
+            server()
+        ));
     }
 
     #[test]
@@ -458,13 +531,53 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
             (-1e9f64..1e9).prop_map(|f| json!(f)),
-            prop::sample::select(vec!["$eq", "$gt", "$in", "$regex", "$elemMatch", "$not", "$size", "$all", "$exists", "a", "b", "a.b", "0", ".*", "("]).prop_map(|s| json!(s)),
+            prop::sample::select(vec![
+                "$eq",
+                "$gt",
+                "$in",
+                "$regex",
+                "$elemMatch",
+                "$not",
+                "$size",
+                "$all",
+                "$exists",
+                "a",
+                "b",
+                "a.b",
+                "0",
+                ".*",
+                "("
+            ])
+            .prop_map(|s| json!(s)),
         ];
         leaf.prop_recursive(4, 32, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 prop::collection::btree_map(
-                    prop::sample::select(vec!["$eq", "$ne", "$gt", "$lte", "$in", "$nin", "$regex", "$options", "$elemMatch", "$not", "$size", "$all", "$exists", "$and", "$or", "$nor", "a", "b", "a.b", "b.0", "0"]).prop_map(str::to_owned),
+                    prop::sample::select(vec![
+                        "$eq",
+                        "$ne",
+                        "$gt",
+                        "$lte",
+                        "$in",
+                        "$nin",
+                        "$regex",
+                        "$options",
+                        "$elemMatch",
+                        "$not",
+                        "$size",
+                        "$all",
+                        "$exists",
+                        "$and",
+                        "$or",
+                        "$nor",
+                        "a",
+                        "b",
+                        "a.b",
+                        "b.0",
+                        "0"
+                    ])
+                    .prop_map(str::to_owned),
                     inner,
                     0..4
                 )

@@ -109,19 +109,31 @@ impl Query {
             operator: "query".into(),
             expected: "a JSON object",
         })?;
-        if let Some(field) = map
-            .keys()
-            .find(|k| !matches!(k.as_str(), "filter" | "projection" | "sort" | "limit" | "skip"))
-        {
-            return Err(QueryError::UnknownField { field: field.clone() });
+        if let Some(field) = map.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "filter" | "projection" | "sort" | "limit" | "skip"
+            )
+        }) {
+            return Err(QueryError::UnknownField {
+                field: field.clone(),
+            });
         }
         let present = |k: &str| map.get(k).filter(|v| !v.is_null());
         Ok(Query {
             filter: Filter::parse(present("filter").unwrap_or(&Value::Object(Default::default())))?,
             projection: present("projection").map(Projection::parse).transpose()?,
             sort: present("sort").map(Sort::parse).transpose()?,
-            limit: map.get("limit").map(|v| count("limit", v)).transpose()?.flatten(),
-            skip: map.get("skip").map(|v| count("skip", v)).transpose()?.flatten(),
+            limit: map
+                .get("limit")
+                .map(|v| count("limit", v))
+                .transpose()?
+                .flatten(),
+            skip: map
+                .get("skip")
+                .map(|v| count("skip", v))
+                .transpose()?
+                .flatten(),
         })
     }
 
@@ -156,18 +168,35 @@ mod tests {
 
     #[test]
     fn runs_filter_sort_skip_limit_projection() {
-        let docs: Vec<Value> = (0..5).map(|i| json!({"mercury_id": format!("id{i}"), "n": i, "x": "y"})).collect();
+        let docs: Vec<Value> = (0..5)
+            .map(|i| json!({"mercury_id": format!("id{i}"), "n": i, "x": "y"}))
+            .collect();
         let q = Query::from_request(&json!({"filter": {"n": {"$gte": 1}}, "sort": {"n": -1}, "skip": 1, "limit": 2, "projection": {"n": 1}})).unwrap();
         assert_eq!(
             q.run(docs.iter()),
-            vec![json!({"mercury_id": "id3", "n": 3}), json!({"mercury_id": "id2", "n": 2})]
+            vec![
+                json!({"mercury_id": "id3", "n": 3}),
+                json!({"mercury_id": "id2", "n": 2})
+            ]
         );
-        assert_eq!(Query::from_request(&json!({"limit": 0})).unwrap().run(docs.iter()).len(), 5);
+        assert_eq!(
+            Query::from_request(&json!({"limit": 0}))
+                .unwrap()
+                .run(docs.iter())
+                .len(),
+            5
+        );
     }
 
     #[test]
     fn refuses_bad_requests() {
-        for body in [json!([]), json!({"filtre": {}}), json!({"limit": -1}), json!({"skip": "2"}), json!({"sort": {"a": 2}})] {
+        for body in [
+            json!([]),
+            json!({"filtre": {}}),
+            json!({"limit": -1}),
+            json!({"skip": "2"}),
+            json!({"sort": {"a": 2}}),
+        ] {
             assert!(Query::from_request(&body).is_err(), "{body}");
         }
     }

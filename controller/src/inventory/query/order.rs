@@ -22,7 +22,9 @@ pub fn bracket(v: &Value) -> u8 {
 }
 
 fn as_integer(n: &Number) -> Option<i128> {
-    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
 }
 
 /// Numbers compare by value: 1, 1.0 and 1u64 are equal.
@@ -30,7 +32,10 @@ pub fn compare_numbers(a: &Number, b: &Number) -> Ordering {
     if let (Some(x), Some(y)) = (as_integer(a), as_integer(b)) {
         return x.cmp(&y);
     }
-    let (x, y) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+    let (x, y) = (
+        a.as_f64().unwrap_or(f64::NAN),
+        b.as_f64().unwrap_or(f64::NAN),
+    );
     x.partial_cmp(&y).unwrap_or(Ordering::Equal)
 }
 
@@ -81,7 +86,16 @@ mod tests {
 
     #[test]
     fn brackets_order_types() {
-        let ordered = [json!(null), json!(-5), json!(2.5), json!("a"), json!({"a": 1}), json!([1]), json!(false), json!(true)];
+        let ordered = [
+            json!(null),
+            json!(-5),
+            json!(2.5),
+            json!("a"),
+            json!({"a": 1}),
+            json!([1]),
+            json!(false),
+            json!(true),
+        ];
         for w in ordered.windows(2) {
             assert_eq!(compare(&w[0], &w[1]), Ordering::Less, "{} < {}", w[0], w[1]);
         }

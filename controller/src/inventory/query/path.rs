@@ -64,7 +64,10 @@ mod tests {
             FieldPath::parse("l.n").resolve(&doc),
             vec![Some(&json!("x")), Some(&json!("y")), None]
         );
-        assert_eq!(FieldPath::parse("l.1.n").resolve(&doc), vec![Some(&json!("y"))]);
+        assert_eq!(
+            FieldPath::parse("l.1.n").resolve(&doc),
+            vec![Some(&json!("y"))]
+        );
         assert_eq!(FieldPath::parse("l.9").resolve(&doc), vec![None]);
         assert_eq!(FieldPath::parse("a.b.c").resolve(&doc), vec![None]);
     }

@@ -110,7 +110,9 @@ impl Projection {
 }
 
 fn include_path(src: &Map<String, Value>, parts: &[String], out: &mut Map<String, Value>) {
-    let Some((head, rest)) = parts.split_first() else { return };
+    let Some((head, rest)) = parts.split_first() else {
+        return;
+    };
     let Some(value) = src.get(head) else { return };
     if rest.is_empty() {
         out.insert(head.clone(), value.clone());
@@ -152,7 +154,9 @@ fn include_path(src: &Map<String, Value>, parts: &[String], out: &mut Map<String
 }
 
 fn exclude_path(map: &mut Map<String, Value>, parts: &[String]) {
-    let Some((head, rest)) = parts.split_first() else { return };
+    let Some((head, rest)) = parts.split_first() else {
+        return;
+    };
     if rest.is_empty() {
         map.remove(head);
         return;
@@ -186,7 +190,10 @@ mod tests {
 
     #[test]
     fn inclusion_keeps_paths_and_the_key() {
-        assert_eq!(p(json!({"mem.total": 1}), doc()), json!({"mercury_id": "01", "mem": {"total": 1}}));
+        assert_eq!(
+            p(json!({"mem.total": 1}), doc()),
+            json!({"mercury_id": "01", "mem": {"total": 1}})
+        );
         assert_eq!(
             p(json!({"interfaces.name": 1, "mercury_id": 0}), doc()),
             json!({"interfaces": [{"name": "a"}, {"name": "b"}]})
@@ -196,16 +203,25 @@ mod tests {
             json!({"mercury_id": "01", "interfaces": [{"name": "a", "mtu": 1}, {"name": "b"}]})
         );
         assert_eq!(p(json!({"nope": 1}), doc()), json!({"mercury_id": "01"}));
-        assert_eq!(p(json!({"mercury_id": 1}), doc()), json!({"mercury_id": "01"}));
+        assert_eq!(
+            p(json!({"mercury_id": 1}), doc()),
+            json!({"mercury_id": "01"})
+        );
     }
 
     #[test]
     fn exclusion_removes_paths() {
         assert_eq!(
-            p(json!({"mem.free": 0, "interfaces": 0, "mercury_id": 0}), doc()),
+            p(
+                json!({"mem.free": 0, "interfaces": 0, "mercury_id": 0}),
+                doc()
+            ),
             json!({"mem": {"total": 1}, "cpu": {"model": "x"}})
         );
-        assert_eq!(p(json!({"interfaces.mtu": false}), doc())["interfaces"][0], json!({"name": "a"}));
+        assert_eq!(
+            p(json!({"interfaces.mtu": false}), doc())["interfaces"][0],
+            json!({"name": "a"})
+        );
     }
 
     #[test]

@@ -22,13 +22,9 @@ impl Sort {
         map.iter()
             .map(|(path, dir)| {
                 let ascending = match dir.as_f64() {
-                    Some(d) if d == 1.0 => true,
-                    Some(d) if d == -1.0 => false,
-                    _ => {
-                        return Err(QueryError::BadSort {
-                            path: path.clone(),
-                        })
-                    }
+                    Some(1.0) => true,
+                    Some(-1.0) => false,
+                    _ => return Err(QueryError::BadSort { path: path.clone() }),
                 };
                 Ok((FieldPath::parse(path), ascending))
             })
@@ -84,18 +80,34 @@ mod tests {
 
     #[test]
     fn multi_key_with_missing_first() {
-        let docs = vec![json!({"a": 2, "b": 1}), json!({"b": 5}), json!({"a": 1, "b": 2}), json!({"a": 2, "b": 0})];
+        let docs = vec![
+            json!({"a": 2, "b": 1}),
+            json!({"b": 5}),
+            json!({"a": 1, "b": 2}),
+            json!({"a": 2, "b": 0}),
+        ];
         assert_eq!(
             sorted(json!({"a": 1, "b": -1}), docs),
-            vec![json!({"b": 5}), json!({"a": 1, "b": 2}), json!({"a": 2, "b": 1}), json!({"a": 2, "b": 0})]
+            vec![
+                json!({"b": 5}),
+                json!({"a": 1, "b": 2}),
+                json!({"a": 2, "b": 1}),
+                json!({"a": 2, "b": 0})
+            ]
         );
     }
 
     #[test]
     fn arrays_sort_by_extremes() {
         let docs = vec![json!({"t": [5, 1]}), json!({"t": [3]}), json!({"t": 2})];
-        assert_eq!(sorted(json!({"t": 1}), docs.clone()), vec![json!({"t": [5, 1]}), json!({"t": 2}), json!({"t": [3]})]);
-        assert_eq!(sorted(json!({"t": -1}), docs), vec![json!({"t": [5, 1]}), json!({"t": [3]}), json!({"t": 2})]);
+        assert_eq!(
+            sorted(json!({"t": 1}), docs.clone()),
+            vec![json!({"t": [5, 1]}), json!({"t": 2}), json!({"t": [3]})]
+        );
+        assert_eq!(
+            sorted(json!({"t": -1}), docs),
+            vec![json!({"t": [5, 1]}), json!({"t": [3]}), json!({"t": 2})]
+        );
     }
 
     #[test]

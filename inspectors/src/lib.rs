@@ -1,0 +1,271 @@
+//! Hardware inspectors: each reads the machine through a [`SysRoot`] and returns typed
+//! inventory ([`qs_proto::inventory`]).
+//!
+//! [`run_all`] runs the inspectors concurrently; one that fails (or panics) is recorded in
+//! `errors` and the others still report. Parsing is kept apart from I/O so parsers are tested
+//! on real captured text, and whole inspectors on captured trees under `fixtures/hosts/`.
+//!
+//! ```
+//! use qs_inspectors::{run_all, InspectorName, SysRoot};
+//! let root = SysRoot::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/hosts/dev-vm"));
+//! let inventory = run_all(&root, Some(&[InspectorName::Mem]));
+//! assert!(inventory.mem.unwrap().total > 0);
+//! ```
+
+pub mod cpu;
+pub mod dmi;
+pub mod interfaces;
+pub mod mem;
+pub mod sysroot;
+
+use std::fmt;
+use std::str::FromStr;
+
+use qs_proto::inventory::{InspectorError, Inventory};
+use qs_proto::mercury_id::{IdSources, NicSource};
+
+pub use sysroot::{SysRoot, SysRootError};
+
+/// The inspectors, by the names the inventory and `--only` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InspectorName {
+    /// SMBIOS identity.
+    Dmi,
+    /// Processors.
+    Cpu,
+    /// Memory.
+    Mem,
+    /// Network interfaces.
+    Interfaces,
+}
+
+impl InspectorName {
+    /// Every inspector.
+    pub const ALL: [InspectorName; 4] = [Self::Dmi, Self::Cpu, Self::Mem, Self::Interfaces];
+
+    /// The name used in the inventory and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dmi => "dmi",
+            Self::Cpu => "cpu",
+            Self::Mem => "mem",
+            Self::Interfaces => "interfaces",
+        }
+    }
+}
+
+impl fmt::Display for InspectorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not an inspector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown inspector {0:?} (known: dmi, cpu, mem, interfaces)")]
+pub struct UnknownInspector(pub String);
+
+impl FromStr for InspectorName {
+    type Err = UnknownInspector;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s.trim())
+            .ok_or_else(|| UnknownInspector(s.chars().take(64).collect()))
+    }
+}
+
+/// The error and its causes as one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    qs_proto::ErrorReport::from_error(error).to_string()
+}
+
+fn record<T, E: std::error::Error + 'static>(
+    name: InspectorName,
+    result: std::thread::Result<Result<T, E>>,
+    errors: &mut Vec<InspectorError>,
+) -> Option<T> {
+    let message = match result {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(error)) => chain(&error),
+        Err(_) => "inspector panicked".to_owned(),
+    };
+    tracing::warn!(inspector = %name, error = %message, "inspector failed");
+    errors.push(InspectorError {
+        inspector: name.to_string(),
+        message,
+    });
+    None
+}
+
+/// Runs the chosen inspectors (all when `only` is None) concurrently.
+pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
+    let wanted = |n: InspectorName| only.is_none_or(|o| o.contains(&n));
+    let mut inventory = Inventory::default();
+    let mut errors = Vec::new();
+    std::thread::scope(|s| {
+        let dmi = wanted(InspectorName::Dmi).then(|| s.spawn(|| dmi::inspect(root)));
+        let cpu = wanted(InspectorName::Cpu).then(|| s.spawn(|| cpu::inspect(root)));
+        let mem = wanted(InspectorName::Mem).then(|| s.spawn(|| mem::inspect(root)));
+        let interfaces =
+            wanted(InspectorName::Interfaces).then(|| s.spawn(|| interfaces::inspect(root)));
+        inventory.dmi = dmi.and_then(|h| record(InspectorName::Dmi, h.join(), &mut errors));
+        inventory.cpu = cpu.and_then(|h| record(InspectorName::Cpu, h.join(), &mut errors));
+        inventory.mem = mem.and_then(|h| record(InspectorName::Mem, h.join(), &mut errors));
+        inventory.interfaces =
+            interfaces.and_then(|h| record(InspectorName::Interfaces, h.join(), &mut errors));
+    });
+    inventory.errors = errors;
+    inventory
+}
+
+/// The values a MercuryId can be derived from, taken from an inventory.
+pub fn id_sources(inventory: &Inventory) -> IdSources {
+    let dmi = inventory.dmi.clone().unwrap_or_default();
+    IdSources {
+        product_uuid: dmi.product_uuid,
+        chassis_asset_tag: dmi.chassis_asset_tag,
+        chassis_serial: dmi.chassis_serial,
+        board_asset_tag: dmi.board_asset_tag,
+        board_serial: dmi.board_serial,
+        nics: inventory
+            .interfaces
+            .iter()
+            .flatten()
+            .map(|i| NicSource {
+                name: i.name.clone(),
+                mac: i.address.clone().unwrap_or_default(),
+                permanent_mac: i.permanent_address.clone(),
+                pci_address: i.pci_address.clone(),
+                dev_port: i.dev_port,
+                physical: i.physical,
+                onboard: i.onboard,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for n in InspectorName::ALL {
+            assert_eq!(n.as_str().parse::<InspectorName>(), Ok(n));
+        }
+        assert!("gpu".parse::<InspectorName>().is_err());
+    }
+
+    fn host(name: &str) -> SysRoot {
+        SysRoot::new(format!(
+            "{}/fixtures/hosts/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    }
+
+    fn id(root: &SysRoot) -> String {
+        let inventory = run_all(root, None);
+        qs_proto::mercury_id::derive(&id_sources(&inventory))
+            .map(|d| d.id.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn dev_vm_capture() {
+        let inv = run_all(&host("dev-vm"), None);
+        assert_eq!(inv.mem.as_ref().map(|m| m.total), Some(24_684_084 * 1024));
+        let cpu = inv.cpu.unwrap();
+        assert_eq!((cpu.sockets, cpu.cores, cpu.threads), (1, 2, 2));
+        assert_eq!(cpu.vendor.as_deref(), Some("AuthenticAMD"));
+        let ifaces = inv.interfaces.unwrap();
+        let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, vec!["eth0", "ifb0", "ifb1", "lo"]);
+        let eth0 = &ifaces[0];
+        assert_eq!(eth0.pci_address.as_deref(), Some("0000:00:03.0"));
+        assert_eq!(eth0.driver.as_deref(), Some("virtio_net"));
+        assert!(eth0.physical && !eth0.onboard);
+        assert_eq!(
+            eth0.addresses,
+            vec!["192.0.2.2/24", "fd00::2/64", "fe80::fc:ff:fe00:1/64"]
+        );
+        assert!(
+            ifaces[1..].iter().all(|i| !i.physical),
+            "ifb and lo have no device"
+        );
+        // No SMBIOS on this VM: recorded as dmi's error, the rest still reported.
+        assert_eq!(inv.errors.len(), 1);
+        assert_eq!(inv.errors[0].inspector, "dmi");
+        assert_eq!(
+            id(&host("dev-vm")),
+            "002d66f6e2af67690cbddc94f47d596d1a545987cb"
+        );
+    }
+
+    #[test]
+    fn raw_smbios_tables() {
+        let dmi = run_all(&host("lenovo-thinkpad-t490"), Some(&[InspectorName::Dmi]))
+            .dmi
+            .unwrap();
+        assert_eq!(dmi.source, Some(qs_proto::inventory::DmiSource::Smbios));
+        assert_eq!(dmi.sys_vendor.as_deref(), Some("LENOVO"));
+        assert_eq!(dmi.product_family.as_deref(), Some("ThinkPad T490"));
+        assert_eq!(
+            dmi.product_uuid.as_deref(),
+            Some("0677d5cc-25b1-11b2-a85c-c66e0b64b3d5")
+        );
+        assert_eq!(dmi.chassis_type.as_deref(), Some("10"));
+        assert_eq!(dmi.bios_release.as_deref(), Some("1.70"));
+        assert_eq!(
+            id(&host("lenovo-thinkpad-t490")),
+            "0197846478a4254d7bc5ca3ccce4bcb1f4b83ad61d"
+        );
+    }
+
+    #[test]
+    fn sysfs_dmi_files() {
+        let dmi = run_all(&host("dell-poweredge-m630"), Some(&[InspectorName::Dmi]))
+            .dmi
+            .unwrap();
+        assert_eq!(dmi.source, Some(qs_proto::inventory::DmiSource::Sysfs));
+        assert_eq!(dmi.product_name.as_deref(), Some("PowerEdge M630"));
+        assert_eq!(
+            dmi.product_uuid.as_deref(),
+            Some("4c4c4544-0036-3210-805a-b7c04f4d3632")
+        );
+        assert_eq!(dmi.chassis_asset_tag, None);
+        assert_eq!(
+            id(&host("dell-poweredge-m630")),
+            "015a154adb1f6345498a90517a0d0080b36d098f01"
+        );
+    }
+
+    #[test]
+    fn a_recording_of_this_machine_inspects_the_same() {
+        let out = tempfile::tempdir().unwrap();
+        let recorded = run_all(&SysRoot::recording("/", out.path()), None);
+        let replayed = run_all(&SysRoot::new(out.path()), None);
+        assert_eq!(recorded.dmi, replayed.dmi);
+        assert_eq!(recorded.cpu, replayed.cpu);
+        assert_eq!(recorded.mem, replayed.mem);
+        assert_eq!(recorded.interfaces, replayed.interfaces);
+        assert_eq!(id_sources(&recorded), id_sources(&replayed));
+    }
+
+    #[test]
+    fn a_missing_root_records_errors_and_still_returns() {
+        let inventory = run_all(&SysRoot::new("/nonexistent-qs-root"), None);
+        let failed: Vec<&str> = inventory
+            .errors
+            .iter()
+            .map(|e| e.inspector.as_str())
+            .collect();
+        assert_eq!(failed, vec!["dmi", "cpu", "mem", "interfaces"]);
+        assert!(inventory
+            .errors
+            .iter()
+            .all(|e| e.message.contains("/nonexistent-qs-root")));
+    }
+}

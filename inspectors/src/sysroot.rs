@@ -1,0 +1,405 @@
+//! The one way inspectors read the machine: through a root directory.
+//!
+//! `SysRoot::live()` reads `/`; `SysRoot::new(dir)` reads a captured tree, so tests run the
+//! real inspectors on real captures. Paths are resolved component by component inside the root
+//! (sysfs is mostly symlinks, some absolute), never escaping it. In recording mode every file,
+//! listing and symlink that is read is mirrored into an output directory: that is how fixture
+//! trees are captured, with exactly what the inspectors read.
+//!
+//! Interface addresses come from netlink, not files: live roots ask the kernel
+//! (`getifaddrs`), captured roots read `.qs/addresses.json`, which recording writes.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// Where captured roots keep what the kernel gives through calls rather than files.
+const ADDRESSES_FILE: &str = ".qs/addresses.json";
+/// Symlink hops allowed while resolving one path (Linux allows 40).
+const MAX_HOPS: usize = 40;
+
+/// A read under the root failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SysRootError {
+    /// Reading a path failed (missing, permission, or the kernel refused the attribute).
+    #[error("cannot read {path}")]
+    Read {
+        /// The full path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A symlink chain loops or is too deep.
+    #[error("too many symlinks resolving {path}")]
+    SymlinkLoop {
+        /// The full path.
+        path: PathBuf,
+    },
+    /// A file is not UTF-8 text.
+    #[error("{path} is not UTF-8 text")]
+    NotText {
+        /// The full path.
+        path: PathBuf,
+    },
+    /// The captured address list is malformed.
+    #[error("{path} is not a map of interface names to address lists")]
+    BadAddresses {
+        /// The full path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The kernel refused to list interface addresses.
+    #[error("cannot list interface addresses")]
+    Netlink(#[source] nix::Error),
+}
+
+/// A view of a machine rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct SysRoot {
+    root: PathBuf,
+    live: bool,
+    record: Option<Arc<PathBuf>>,
+}
+
+impl SysRoot {
+    /// The running machine.
+    pub fn live() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+            live: true,
+            record: None,
+        }
+    }
+
+    /// A captured tree (or `/`, which is then treated as live).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        Self {
+            live: root == Path::new("/"),
+            root,
+            record: None,
+        }
+    }
+
+    /// Reads `root` and mirrors everything read into `out`.
+    pub fn recording(root: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        let mut s = Self::new(root);
+        s.record = Some(Arc::new(out.into()));
+        s
+    }
+
+    /// Whether this is the running machine (addresses then come from the kernel).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// The full path of `rel` under the root, without resolving symlinks.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel.trim_start_matches('/'))
+    }
+
+    fn read_error(&self, rel: &Path, source: std::io::Error) -> SysRootError {
+        SysRootError::Read {
+            path: self.root.join(rel),
+            source,
+        }
+    }
+
+    /// Resolves every symlink in `rel`, staying inside the root; returns the real relative path.
+    pub fn resolve(&self, rel: &str) -> Result<PathBuf, SysRootError> {
+        let mut pending: Vec<String> = components(Path::new(rel.trim_start_matches('/')));
+        pending.reverse();
+        let mut done = PathBuf::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                done.pop();
+                continue;
+            }
+            let next = done.join(&part);
+            let full = self.root.join(&next);
+            // Name the path asked for, not the component that failed: that is what callers know.
+            let meta =
+                std::fs::symlink_metadata(&full).map_err(|e| self.read_error(Path::new(rel), e))?;
+            if !meta.file_type().is_symlink() {
+                done = next;
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_HOPS {
+                return Err(SysRootError::SymlinkLoop {
+                    path: self.root.join(rel),
+                });
+            }
+            let target = std::fs::read_link(&full).map_err(|e| self.read_error(&next, e))?;
+            self.record_symlink(&next, &target);
+            let mut rest = components(&target);
+            if target.is_absolute() {
+                done = PathBuf::new();
+            }
+            rest.reverse();
+            pending.extend(rest);
+        }
+        Ok(done)
+    }
+
+    /// The file's bytes.
+    pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysRootError> {
+        let real = self.resolve(rel)?;
+        let bytes = std::fs::read(self.root.join(&real)).map_err(|e| self.read_error(&real, e))?;
+        if let Some(out) = &self.record {
+            write_mirror(&out.join(&real), &bytes);
+        }
+        Ok(bytes)
+    }
+
+    /// The file as text.
+    pub fn read_to_string(&self, rel: &str) -> Result<String, SysRootError> {
+        let bytes = self.read_bytes(rel)?;
+        String::from_utf8(bytes).map_err(|_| SysRootError::NotText {
+            path: self.path(rel),
+        })
+    }
+
+    /// The file as text without surrounding whitespace (sysfs values end in a newline).
+    pub fn read_trimmed(&self, rel: &str) -> Result<String, SysRootError> {
+        Ok(self.read_to_string(rel)?.trim().to_owned())
+    }
+
+    /// Names in a directory, sorted.
+    pub fn read_dir(&self, rel: &str) -> Result<Vec<String>, SysRootError> {
+        let real = self.resolve(rel)?;
+        let full = self.root.join(&real);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&full).map_err(|e| self.read_error(&real, e))? {
+            let entry = entry.map_err(|e| self.read_error(&real, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(out) = &self.record {
+                // Listings are mirrored as names: symlinks as links, directories as directories;
+                // files appear in the capture when they are read.
+                let child = real.join(&name);
+                match entry.file_type() {
+                    Ok(t) if t.is_symlink() => {
+                        if let Ok(target) = std::fs::read_link(entry.path()) {
+                            self.record_symlink(&child, &target);
+                        }
+                    }
+                    Ok(t) if t.is_dir() => {
+                        let _ = std::fs::create_dir_all(out.join(&child));
+                    }
+                    _ => {}
+                }
+            }
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether `rel` exists (following symlinks); recorded like any read.
+    pub fn exists(&self, rel: &str) -> bool {
+        match self.resolve(rel) {
+            Ok(real) => {
+                let full = self.root.join(&real);
+                if let (Some(out), Ok(meta)) = (&self.record, std::fs::metadata(&full)) {
+                    if meta.is_dir() {
+                        let _ = std::fs::create_dir_all(out.join(&real));
+                    } else {
+                        // Presence is what was read; an empty file records it.
+                        let target = out.join(&real);
+                        if !target.exists() {
+                            write_mirror(&target, b"");
+                        }
+                    }
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The target of the symlink `rel` (its last component is not followed).
+    pub fn read_link(&self, rel: &str) -> Result<PathBuf, SysRootError> {
+        let rel = Path::new(rel.trim_start_matches('/'));
+        let parent = rel.parent().and_then(Path::to_str).unwrap_or("");
+        let real_parent = self.resolve(parent)?;
+        let name = rel.file_name().unwrap_or_default();
+        let link = real_parent.join(name);
+        let target =
+            std::fs::read_link(self.root.join(&link)).map_err(|e| self.read_error(&link, e))?;
+        self.record_symlink(&link, &target);
+        Ok(target)
+    }
+
+    /// IP addresses by interface name: from the kernel when live, else from the capture.
+    pub fn addresses(&self) -> Result<BTreeMap<String, Vec<String>>, SysRootError> {
+        let map = if self.live {
+            live_addresses()?
+        } else {
+            match self.read_bytes(ADDRESSES_FILE) {
+                Ok(bytes) => {
+                    serde_json::from_slice(&bytes).map_err(|source| SysRootError::BadAddresses {
+                        path: self.path(ADDRESSES_FILE),
+                        source,
+                    })?
+                }
+                Err(SysRootError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    BTreeMap::new()
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let (Some(out), true) = (&self.record, self.live) {
+            if let Ok(json) = serde_json::to_vec_pretty(&map) {
+                write_mirror(&out.join(ADDRESSES_FILE), &json);
+            }
+        }
+        Ok(map)
+    }
+
+    fn record_symlink(&self, rel: &Path, target: &Path) {
+        let Some(out) = &self.record else { return };
+        let at = out.join(rel);
+        if std::fs::symlink_metadata(&at).is_ok() {
+            return;
+        }
+        if let Some(parent) = at.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        // Absolute targets would point out of the capture; make them relative to its root.
+        let target = if target.is_absolute() {
+            let depth = rel.components().count().saturating_sub(1);
+            let mut t = PathBuf::new();
+            for _ in 0..depth {
+                t.push("..");
+            }
+            t.join(target.strip_prefix("/").unwrap_or(target))
+        } else {
+            target.to_owned()
+        };
+        let _ = std::os::unix::fs::symlink(target, at);
+    }
+}
+
+fn components(path: &Path) -> Vec<String> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn write_mirror(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Err(error) = std::fs::write(path, bytes) {
+        tracing::warn!(path = %path.display(), error = %error, "could not record file");
+    }
+}
+
+fn live_addresses() -> Result<BTreeMap<String, Vec<String>>, SysRootError> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(SysRootError::Netlink)? {
+        let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        let text = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            format!("{}/{}", a.ip(), u32::from(m.ip()).count_ones())
+        } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            let prefix: u32 = m.ip().octets().iter().map(|b| b.count_ones()).sum();
+            format!("{}/{}", a.ip(), prefix)
+        } else {
+            continue;
+        };
+        map.entry(ifa.interface_name).or_default().push(text);
+    }
+    for list in map.values_mut() {
+        list.sort();
+        list.dedup();
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("sys/devices/pci0000:00/0000:00:03.0/net/eth0")).unwrap();
+        std::fs::write(
+            r.join("sys/devices/pci0000:00/0000:00:03.0/net/eth0/mtu"),
+            "1500\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("sys/class/net")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/pci0000:00/0000:00:03.0/net/eth0",
+            r.join("sys/class/net/eth0"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "/sys/devices/pci0000:00/0000:00:03.0",
+            r.join("sys/devices/pci0000:00/0000:00:03.0/net/eth0/device"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn resolves_relative_and_absolute_links_inside_the_root() {
+        let dir = tree();
+        let root = SysRoot::new(dir.path());
+        assert_eq!(root.read_trimmed("sys/class/net/eth0/mtu").unwrap(), "1500");
+        assert_eq!(
+            root.resolve("sys/class/net/eth0/device").unwrap(),
+            PathBuf::from("sys/devices/pci0000:00/0000:00:03.0")
+        );
+        assert_eq!(
+            root.read_dir("sys/class/net").unwrap(),
+            vec!["eth0".to_string()]
+        );
+        let err = root.read_trimmed("sys/class/net/eth1/mtu").unwrap_err();
+        assert!(err.to_string().contains("sys/class/net/eth1"), "{err}");
+    }
+
+    #[test]
+    fn recording_replays_the_same_reads() {
+        let dir = tree();
+        let out = tempfile::tempdir().unwrap();
+        let rec = SysRoot::recording(dir.path(), out.path());
+        rec.read_dir("sys/class/net").unwrap();
+        assert_eq!(rec.read_trimmed("sys/class/net/eth0/mtu").unwrap(), "1500");
+        assert!(rec.exists("sys/class/net/eth0/device"));
+        let replay = SysRoot::new(out.path());
+        assert_eq!(
+            replay.read_trimmed("sys/class/net/eth0/mtu").unwrap(),
+            "1500"
+        );
+        assert_eq!(
+            replay.resolve("sys/class/net/eth0/device").unwrap(),
+            PathBuf::from("sys/devices/pci0000:00/0000:00:03.0")
+        );
+    }
+
+    #[test]
+    fn symlink_loops_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("b")).unwrap();
+        assert!(matches!(
+            SysRoot::new(dir.path()).resolve("a"),
+            Err(SysRootError::SymlinkLoop { .. })
+        ));
+    }
+}

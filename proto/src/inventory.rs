@@ -1,0 +1,173 @@
+//! The typed inventory the inspectors produce.
+//!
+//! Its JSON form is the inventory document operators query: `mercury_id` at the top level, one
+//! key per inspector that ran (absent when it did not), and `errors` for inspectors that failed.
+//! Optional fields are left out when unknown, never filled with placeholders.
+
+use serde::{Deserialize, Serialize};
+
+/// A server's inventory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The server's MercuryId, when one could be derived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mercury_id: Option<String>,
+    /// Firmware identity (SMBIOS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmi: Option<Dmi>,
+    /// Processors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Mem>,
+    /// Network interfaces, sorted by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<Interface>>,
+    /// Inspectors that failed, with why.
+    #[serde(default)]
+    pub errors: Vec<InspectorError>,
+}
+
+/// An inspector's failure, recorded instead of aborting the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectorError {
+    /// The inspector's name (`dmi`, `cpu` …).
+    pub inspector: String,
+    /// The error and its causes, joined with ": ".
+    pub message: String,
+}
+
+/// Where DMI values were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmiSource {
+    /// The raw SMBIOS tables (`/sys/firmware/dmi/tables`).
+    Smbios,
+    /// The kernel's decoded values (`/sys/class/dmi/id`).
+    Sysfs,
+}
+
+/// SMBIOS identity; keys are the `/sys/class/dmi/id` file names, as Mercury stored them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Dmi {
+    /// Where the values came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DmiSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios_release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios_vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_asset_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_asset_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_serial: Option<String>,
+    /// SMBIOS chassis type number, as the kernel shows it (e.g. "23" for rack mount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_sku: Option<String>,
+    /// System UUID in Linux's form: lowercase 8-4-4-4-12.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sys_vendor: Option<String>,
+}
+
+/// Processors, from `/proc/cpuinfo`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// Model name of the first processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Vendor id (`GenuineIntel`, `AuthenticAMD` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// Populated sockets.
+    pub sockets: u32,
+    /// Physical cores across all sockets.
+    pub cores: u32,
+    /// Logical processors.
+    pub threads: u32,
+    /// Feature flags of the first processor, sorted.
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+/// Memory, from `/proc/meminfo`; sizes in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mem {
+    /// Memory the kernel manages (MemTotal).
+    pub total: u64,
+    /// Swap configured (SwapTotal).
+    #[serde(default)]
+    pub swap_total: u64,
+}
+
+/// One network interface, from `/sys/class/net`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Kernel name.
+    pub name: String,
+    /// Current MAC address, as sysfs names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Permanent MAC when it differs from the current one (bond slaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permanent_address: Option<String>,
+    /// MTU in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// RFC 2863 operational state (`up`, `down` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operstate: Option<String>,
+    /// Whether the link has carrier, when the kernel can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<bool>,
+    /// Link speed in Mb/s, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<u32>,
+    /// Kernel driver bound to the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// PCI address of the device or of its nearest PCI ancestor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_address: Option<String>,
+    /// Port number on a multi-port device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_port: Option<u32>,
+    /// Backed by a device (not lo, bridges, bonds, VLANs, veth, tun) with a non-zero MAC.
+    pub physical: bool,
+    /// Physical and labelled onboard by the firmware (`acpi_index` or `index`).
+    pub onboard: bool,
+    /// IP addresses with prefix length, e.g. `10.0.0.5/24`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
