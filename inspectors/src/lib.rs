@@ -225,6 +225,78 @@ mod tests {
     }
 
     #[test]
+    fn qemu_guest_capture_matches_its_known_hardware() {
+        // The values set in images/guest-hardware.
+        let inv = run_all(&host("qemu-q35"), None);
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        let cpu = inv.cpu.unwrap();
+        assert_eq!(cpu.threads, 2);
+        let nics: Vec<(String, String, String)> = inv
+            .interfaces
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.physical)
+            .map(|i| {
+                (
+                    i.address.unwrap_or_default(),
+                    i.driver.unwrap_or_default(),
+                    i.pci_address.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("52:54:00:12:34:56", "virtio_net", "0000:00:03.0"),
+            ("52:54:00:12:34:57", "virtio_net", "0000:00:04.0"),
+            ("52:54:00:12:34:58", "e1000e", "0000:00:05.0"),
+        ];
+        assert_eq!(
+            nics,
+            expected
+                .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+                .to_vec()
+        );
+        let mem = inv.mem.unwrap().total;
+        assert!(mem > 900 << 20 && mem <= 1 << 30, "{mem}");
+        let dmi = inv.dmi.unwrap();
+        assert_eq!(
+            dmi.product_uuid.as_deref(),
+            Some("5f2c1a3e-8b4d-4c6a-9e21-0a1b2c3d4e5f")
+        );
+        assert_eq!(dmi.chassis_asset_tag.as_deref(), Some("QSC-ASSET-1"));
+        assert_eq!(
+            id(&host("qemu-q35")),
+            "01859e2e27de87a1adcaf84bf9c92c2cd4c34c022c"
+        );
+    }
+
+    #[test]
+    fn raw_table_decoding_agrees_with_the_kernel() {
+        // Same boot: our smbios-lib decoding vs the kernel's /sys/class/dmi/id.
+        let dmi = run_all(&host("qemu-q35"), Some(&[InspectorName::Dmi]))
+            .dmi
+            .unwrap();
+        assert_eq!(dmi.source, Some(qs_proto::inventory::DmiSource::Smbios));
+        let ours = serde_json::to_value(&dmi).unwrap();
+        let kernel_dir = format!(
+            "{}/fixtures/hosts/qemu-q35.kernel-dmi-id",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut compared = 0;
+        for entry in std::fs::read_dir(&kernel_dir).unwrap() {
+            let entry = entry.unwrap();
+            let key = entry.file_name().to_string_lossy().into_owned();
+            let kernel = std::fs::read_to_string(entry.path())
+                .unwrap()
+                .trim()
+                .to_owned();
+            let mine = ours.get(&key).and_then(|v| v.as_str()).unwrap_or("");
+            assert_eq!(mine, kernel, "{key}");
+            compared += 1;
+        }
+        assert_eq!(compared, 21);
+    }
+
+    #[test]
     fn sysfs_dmi_files() {
         let dmi = run_all(&host("dell-poweredge-m630"), Some(&[InspectorName::Dmi]))
             .dmi

@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
 /// Captured hosts that yield three distinct MercuryIds (see inspectors/fixtures/SOURCES.md).
-const HOSTS: [&str; 3] = ["dev-vm", "lenovo-thinkpad-t490", "dell-poweredge-m630"];
+const HOSTS: [&str; 3] = ["dev-vm", "lenovo-thinkpad-t490", "qemu-q35"];
 const WAIT: Duration = Duration::from_secs(60);
+/// Short heartbeats so losses and restarts are noticed within seconds.
+const FAST: &[&str] = &["--heartbeat-interval", "1s", "--heartbeat-timeout", "4s"];
 
 async fn start_agents(controller: &Controller) -> Vec<Agent> {
     let mut agents = Vec::new();
@@ -39,7 +41,7 @@ async fn wait_online(controller: &Controller, ids: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     let data = tempfile::tempdir().unwrap();
-    let controller = Controller::start(data.path(), &[]).await.unwrap();
+    let controller = Controller::start(data.path(), FAST).await.unwrap();
     let agents = start_agents(&controller).await;
     let ids: Vec<String> = agents.iter().map(|a| a.mercury_id.clone()).collect();
     let mut distinct = ids.clone();
@@ -92,15 +94,19 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     for (filter, expected) in [
         (json!({"dmi.sys_vendor": "LENOVO"}), &ids[1]),
         (
-            json!({"dmi.product_name": {"$regex": "^poweredge m6", "$options": "i"}}),
+            json!({"dmi.product_name": {"$regex": "^qs-guest$", "$options": "i"}}),
             &ids[2],
         ),
         (
-            json!({"interfaces": {"$elemMatch": {"driver": "virtio_net", "physical": true}}}),
+            json!({"interfaces.address": "52:54:00:12:34:58", "cpu.threads": {"$gte": 2}}),
+            &ids[2],
+        ),
+        (
+            json!({"interfaces": {"$elemMatch": {"driver": "virtio_net", "mtu": 1400}}}),
             &ids[0],
         ),
         (
-            json!({"mem.total": {"$gt": 0}, "agent.online": true}),
+            json!({"mem.total": {"$gt": 16u64 << 30}, "agent.online": true}),
             &ids[0],
         ),
     ] {
@@ -291,7 +297,7 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(doc["agent"]["online"], false);
-    assert_eq!(doc["dmi"]["product_name"], "PowerEdge M630");
+    assert_eq!(doc["dmi"]["product_name"], "QS-Guest");
 }
 
 /// ZMTP 3.0 greeting (NULL mechanism, client) and a READY command for a DEALER.
