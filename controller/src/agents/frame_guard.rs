@@ -289,11 +289,7 @@ fn ready_identity(body: &[u8]) -> Result<Option<Vec<u8>>, GuardError> {
 }
 
 async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> Result<(), GuardError> {
-    let copied = tokio::io::copy(&mut r.take(len), &mut tokio::io::sink()).await?;
-    if copied < len {
-        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-    }
-    Ok(())
+    forward_exact(r, &mut tokio::io::sink(), len).await
 }
 
 async fn forward_exact<R, W>(r: &mut R, w: &mut W, len: u64) -> Result<(), GuardError>

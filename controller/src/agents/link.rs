@@ -288,15 +288,8 @@ impl AgentLink {
                     self.send(identity, &reply).await;
                 }
                 Ok(false) => {
-                    Counters::bump(&self.counters.refused);
                     debug!(mercury_id = %id, "heartbeat without a session: asking to register");
-                    self.reply_error(
-                        identity,
-                        env.id,
-                        ErrorCode::NotRegistered,
-                        "register first".into(),
-                    )
-                    .await;
+                    self.refuse_unregistered(identity, env.id).await;
                 }
                 Err(error) => {
                     self.internal_error(identity, env.id, qs_proto::ErrorReport::from_error(&error))
@@ -305,14 +298,7 @@ impl AgentLink {
             },
             Body::InventoryUpdate(update) => {
                 if !self.registry.has_session(&id) {
-                    Counters::bump(&self.counters.refused);
-                    self.reply_error(
-                        identity,
-                        env.id,
-                        ErrorCode::NotRegistered,
-                        "register first".into(),
-                    )
-                    .await;
+                    self.refuse_unregistered(identity, env.id).await;
                     return;
                 }
                 if let Err(error) = self.store_inventory(&id, update.inventory).await {
@@ -438,6 +424,18 @@ impl AgentLink {
         warn!(error = %report, "handling an agent message failed");
         self.reply_error(identity, re, ErrorCode::Internal, report.to_string())
             .await;
+    }
+
+    /// Tells an agent without a session here to register (after a controller restart).
+    async fn refuse_unregistered(&self, identity: &Bytes, re: MessageId) {
+        Counters::bump(&self.counters.refused);
+        self.reply_error(
+            identity,
+            re,
+            ErrorCode::NotRegistered,
+            "register first".into(),
+        )
+        .await;
     }
 
     async fn reply_error(&self, identity: &Bytes, re: MessageId, code: ErrorCode, message: String) {

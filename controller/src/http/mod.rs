@@ -50,6 +50,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such API path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method",
+            )
+        })
         .with_state(state)
 }
 
@@ -170,4 +177,172 @@ async fn call_capability(
         CallOutcome::Succeeded(output) => json!({"outcome": "succeeded", "output": output}),
         CallOutcome::Failed(report) => json!({"outcome": "failed", "error": report}),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::agents::frame_guard::PeerAddresses;
+    use crate::agents::link::LinkConfig;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn app(dir: &std::path::Path) -> (Router, Store) {
+        let store = Store::open_embedded(dir).unwrap();
+        let registry = Arc::new(
+            Registry::load(store.clone(), Duration::from_secs(15))
+                .await
+                .unwrap(),
+        );
+        let counters = Arc::new(Counters::default());
+        let (link, _outbox) = AgentLink::new(
+            LinkConfig {
+                max_frame: 1 << 20,
+                heartbeat_interval: Duration::from_secs(5),
+            },
+            counters.clone(),
+            registry.clone(),
+            store.clone(),
+            Arc::new(PeerAddresses::default()),
+        );
+        let state = AppState {
+            store: store.clone(),
+            registry,
+            link,
+            counters,
+        };
+        (router(state), store)
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    const ID: &str = "013c16030373937262a32e831ff18c941b6481ded8";
+
+    #[tokio::test]
+    async fn caller_mistakes_are_json_4xx() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(dir.path()).await;
+        for (method, uri, body, status, code) in [
+            (
+                "GET",
+                "/api/v1/inventory/not-an-id",
+                "",
+                400,
+                "bad_mercury_id",
+            ),
+            (
+                "GET",
+                &format!("/api/v1/inventory/{ID}"),
+                "",
+                404,
+                "not_found",
+            ),
+            (
+                "POST",
+                "/api/v1/inventory/query",
+                "{not json",
+                400,
+                "bad_json",
+            ),
+            (
+                "POST",
+                "/api/v1/inventory/query",
+                r#"{"filter": {"a": {"$foo": 1}}}"#,
+                400,
+                "bad_query",
+            ),
+            (
+                "POST",
+                "/api/v1/inventory/query",
+                r#"{"filter": {}, "limit": -3}"#,
+                400,
+                "bad_query",
+            ),
+            ("DELETE", "/api/v1/agents", "", 405, "method_not_allowed"),
+            ("GET", "/api/v2/anything", "", 404, "not_found"),
+            (
+                "POST",
+                &format!("/api/v1/agents/{ID}/calls"),
+                r#"{"capability": "inspect"}"#,
+                409,
+                "not_connected",
+            ),
+            (
+                "POST",
+                &format!("/api/v1/agents/{ID}/calls"),
+                r#"{"capability": "inspect", "timeout": -1}"#,
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                &format!("/api/v1/agents/{ID}/calls"),
+                r#"{"cap": "inspect"}"#,
+                400,
+                "bad_request",
+            ),
+        ] {
+            let (got, body) = call(&app, method, uri, body).await;
+            assert_eq!(got.as_u16(), status, "{method} {uri}: {body}");
+            assert_eq!(body["error"]["code"], code, "{method} {uri}: {body}");
+            assert!(body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+        }
+        let (_, body) = call(
+            &app,
+            "POST",
+            "/api/v1/inventory/query",
+            r#"{"filter": {"a": {"$foo": 1}}}"#,
+        )
+        .await;
+        assert!(body["error"]["message"].as_str().unwrap().contains("$foo"));
+    }
+
+    #[tokio::test]
+    async fn queries_and_reads_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, store) = app(dir.path()).await;
+        store
+            .put_inventory(ID, serde_json::json!({"mem": {"total": 1024}}))
+            .await
+            .unwrap();
+        let (status, docs) = call(
+            &app,
+            "POST",
+            "/api/v1/inventory/query",
+            r#"{"filter": {"mem.total": {"$gte": 1024}}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            docs,
+            serde_json::json!([{"mercury_id": ID, "mem": {"total": 1024}}])
+        );
+        let (status, doc) = call(&app, "GET", &format!("/api/v1/inventory/{ID}"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(doc["mem"]["total"], 1024);
+        let (status, health) = call(&app, "GET", "/healthz", "").await;
+        assert_eq!(
+            (status, health),
+            (StatusCode::OK, serde_json::json!({"status": "ok"}))
+        );
+    }
 }
