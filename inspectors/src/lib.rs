@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod dmi;
 pub mod interfaces;
 pub mod mem;
+pub mod raid;
 pub mod sysroot;
 
 use std::fmt;
@@ -37,11 +38,19 @@ pub enum InspectorName {
     Mem,
     /// Network interfaces.
     Interfaces,
+    /// RAID controllers and software RAID.
+    Raid,
 }
 
 impl InspectorName {
     /// Every inspector.
-    pub const ALL: [InspectorName; 4] = [Self::Dmi, Self::Cpu, Self::Mem, Self::Interfaces];
+    pub const ALL: [InspectorName; 5] = [
+        Self::Dmi,
+        Self::Cpu,
+        Self::Mem,
+        Self::Interfaces,
+        Self::Raid,
+    ];
 
     /// The name used in the inventory and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -50,6 +59,7 @@ impl InspectorName {
             Self::Cpu => "cpu",
             Self::Mem => "mem",
             Self::Interfaces => "interfaces",
+            Self::Raid => "raid",
         }
     }
 }
@@ -62,7 +72,7 @@ impl fmt::Display for InspectorName {
 
 /// A name that is not an inspector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown inspector {0:?} (known: dmi, cpu, mem, interfaces)")]
+#[error("unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, raid)")]
 pub struct UnknownInspector(pub String);
 
 impl FromStr for InspectorName {

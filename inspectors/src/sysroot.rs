@@ -15,6 +15,12 @@ use std::sync::Arc;
 
 /// Where captured roots keep what the kernel gives through calls rather than files.
 const ADDRESSES_FILE: &str = ".qs/addresses.json";
+/// Where captured roots keep tools' outputs, one file per command line.
+const COMMANDS_DIR: &str = ".qs/commands";
+/// Where vendor tools install themselves outside PATH.
+const TOOL_DIRS: &[&str] = &["/opt/MegaRAID/storcli", "/opt/smartstorageadmin/ssacli/bin"];
+/// How long a tool may run.
+const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Symlink hops allowed while resolving one path (Linux allows 40).
 const MAX_HOPS: usize = 40;
 
@@ -50,6 +56,33 @@ pub enum SysRootError {
         /// Why.
         #[source]
         source: serde_json::Error,
+    },
+    /// A tool could not be started or read.
+    #[error("cannot run {program}")]
+    Command {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool ran longer than allowed and was killed.
+    #[error("{program} did not finish within {seconds} s")]
+    CommandTimeout {
+        /// The program.
+        program: String,
+        /// The limit.
+        seconds: u64,
+    },
+    /// A tool failed without output.
+    #[error("{program} failed ({status}): {stderr}")]
+    CommandFailed {
+        /// The program.
+        program: String,
+        /// Its exit status.
+        status: String,
+        /// The start of what it printed on stderr.
+        stderr: String,
     },
     /// The kernel refused to list interface addresses.
     #[error("cannot list interface addresses")]
@@ -262,6 +295,31 @@ impl SysRoot {
         Ok(map)
     }
 
+    /// Runs a tool and returns its stdout, or None when the tool is not installed. Captured
+    /// roots replay the output recorded for the same command line.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<Option<String>, SysRootError> {
+        let file = format!("{COMMANDS_DIR}/{}", command_file_name(program, args));
+        if !self.live {
+            return match self.read_to_string(&file) {
+                Ok(out) => Ok(Some(out)),
+                Err(SysRootError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let Some(path) = find_program(program) else {
+            return Ok(None);
+        };
+        let out = run_with_timeout(program, &path, args)?;
+        if let Some(dir) = &self.record {
+            write_mirror(&dir.join(&file), out.as_bytes());
+        }
+        Ok(Some(out))
+    }
+
     fn record_symlink(&self, rel: &Path, target: &Path) {
         let Some(out) = &self.record else { return };
         let at = out.join(rel);
@@ -284,6 +342,72 @@ impl SysRoot {
         };
         let _ = std::os::unix::fs::symlink(target, at);
     }
+}
+
+fn command_file_name(program: &str, args: &[&str]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('/', "_")
+}
+
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(TOOL_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn run_with_timeout(program: &str, path: &Path, args: &[&str]) -> Result<String, SysRootError> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| SysRootError::Command {
+            program: program.to_owned(),
+            source,
+        })?;
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let mut err = String::new();
+        let read_out = stdout.as_mut().map(|s| s.read_to_string(&mut out));
+        let _ = stderr.as_mut().map(|s| s.read_to_string(&mut err));
+        let _ = tx.send((read_out, out, err));
+    });
+    let Ok((read_out, out, err)) = rx.recv_timeout(TOOL_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(SysRootError::CommandTimeout {
+            program: program.to_owned(),
+            seconds: TOOL_TIMEOUT.as_secs(),
+        });
+    };
+    let status = child.wait().map_err(|source| SysRootError::Command {
+        program: program.to_owned(),
+        source,
+    })?;
+    if let Some(Err(source)) = read_out {
+        return Err(SysRootError::Command {
+            program: program.to_owned(),
+            source,
+        });
+    }
+    // Tools such as storcli exit non-zero yet print a usable report; only silence is failure.
+    if !status.success() && out.trim().is_empty() {
+        return Err(SysRootError::CommandFailed {
+            program: program.to_owned(),
+            status: status.to_string(),
+            stderr: err.chars().take(500).collect(),
+        });
+    }
+    Ok(out)
 }
 
 fn components(path: &Path) -> Vec<String> {
@@ -390,6 +514,22 @@ mod tests {
             replay.resolve("sys/class/net/eth0/device").unwrap(),
             PathBuf::from("sys/devices/pci0000:00/0000:00:03.0")
         );
+    }
+
+    #[test]
+    fn tools_run_live_are_replayed_from_the_capture() {
+        let out = tempfile::tempdir().unwrap();
+        let rec = SysRoot::recording("/", out.path());
+        let live = rec.run("uname", &["-s"]).unwrap().unwrap();
+        assert_eq!(live.trim(), "Linux");
+        assert_eq!(rec.run("qs-no-such-tool", &[]).unwrap(), None);
+        let replay = SysRoot::new(out.path());
+        assert_eq!(replay.run("uname", &["-s"]).unwrap(), Some(live));
+        assert_eq!(replay.run("uname", &["-a"]).unwrap(), None);
+        assert!(matches!(
+            rec.run("false", &[]),
+            Err(SysRootError::CommandFailed { .. })
+        ));
     }
 
     #[test]

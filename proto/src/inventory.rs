@@ -24,6 +24,9 @@ pub struct Inventory {
     /// Network interfaces, sorted by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<Interface>>,
+    /// RAID controllers and software RAID arrays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid: Option<Raid>,
     /// Inspectors that failed, with why.
     #[serde(default)]
     pub errors: Vec<InspectorError>,
@@ -170,4 +173,146 @@ pub struct Interface {
     /// IP addresses with prefix length, e.g. `10.0.0.5/24`.
     #[serde(default)]
     pub addresses: Vec<String>,
+}
+
+/// RAID: hardware controllers (storcli, ssacli) and Linux software RAID (md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Raid {
+    /// Hardware RAID controllers, in the order their tools list them.
+    #[serde(default)]
+    pub controllers: Vec<RaidController>,
+    /// Software RAID arrays from `/proc/mdstat`, sorted by name.
+    #[serde(default)]
+    pub md: Vec<MdArray>,
+}
+
+/// A hardware RAID controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaidController {
+    /// The tool that reported it: `storcli` or `ssacli`.
+    pub tool: String,
+    /// The tool's controller id (storcli number, ssacli slot).
+    pub id: String,
+    /// Controller model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Controller serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Firmware version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// Controller status as the tool words it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Logical drives (virtual drives).
+    #[serde(default)]
+    pub logical_drives: Vec<LogicalDrive>,
+    /// Physical drives behind the controller.
+    #[serde(default)]
+    pub physical_drives: Vec<PhysicalDrive>,
+}
+
+/// A logical drive of a hardware RAID controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalDrive {
+    /// The tool's id (storcli `DG/VD`, ssacli logical drive number).
+    pub id: String,
+    /// RAID level, e.g. `RAID6`, `RAID1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid_level: Option<String>,
+    /// Size in bytes (the tools print binary units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// State as the tool words it (`Optl`, `OK`, `Degraded` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Label or name, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The Linux block device, when the tool says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// A physical drive behind a hardware RAID controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhysicalDrive {
+    /// Location: storcli `enclosure:slot`, ssacli `port:box:bay`.
+    pub id: String,
+    /// Drive model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Drive serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Size in bytes, as the tool reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// State as the tool words it (`Onln`, `OK`, `Failed` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Interface: SATA, SAS, NVMe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Media: HDD or SSD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
+}
+
+/// A Linux software RAID array.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MdArray {
+    /// Kernel name, e.g. `md0`.
+    pub name: String,
+    /// `active` or `inactive`.
+    pub state: String,
+    /// Read-only or auto-read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Personality: raid0, raid1, raid5, raid6, raid10, linear …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Array size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Devices the array should have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid_disks: Option<u32>,
+    /// Devices working now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_disks: Option<u32>,
+    /// True when fewer devices work than the array should have.
+    #[serde(default)]
+    pub degraded: bool,
+    /// Member devices.
+    #[serde(default)]
+    pub members: Vec<MdMember>,
+    /// A resync, recovery, check or reshape in progress (or pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<MdSync>,
+}
+
+/// One member device of an md array.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdMember {
+    /// Block device name, e.g. `sda1`.
+    pub device: String,
+    /// Role number in the array.
+    pub index: u32,
+    /// `active`, `faulty`, `spare`, `write_mostly` or `replacement`.
+    pub state: String,
+}
+
+/// Background work on an md array.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MdSync {
+    /// resync, recovery, check, reshape, repair.
+    pub action: String,
+    /// Percent done, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f32>,
+    /// `DELAYED` or `PENDING` when waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
