@@ -16,7 +16,9 @@ pub mod cpu;
 pub mod dmi;
 pub mod interfaces;
 pub mod mem;
+pub mod pci;
 pub mod raid;
+pub mod routes;
 pub mod sysroot;
 
 use std::fmt;
@@ -38,6 +40,10 @@ pub enum InspectorName {
     Mem,
     /// Network interfaces.
     Interfaces,
+    /// PCI devices.
+    Pci,
+    /// Routing tables.
+    Routes,
     /// RAID controllers and software RAID.
     Raid,
 }
@@ -59,6 +65,8 @@ impl InspectorName {
             Self::Cpu => "cpu",
             Self::Mem => "mem",
             Self::Interfaces => "interfaces",
+            Self::Pci => "pci",
+            Self::Routes => "routes",
             Self::Raid => "raid",
         }
     }
@@ -72,7 +80,7 @@ impl fmt::Display for InspectorName {
 
 /// A name that is not an inspector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, raid)")]
+#[error("unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, pci, routes, raid)")]
 pub struct UnknownInspector(pub String);
 
 impl FromStr for InspectorName {
@@ -109,22 +117,52 @@ fn record<T, E: std::error::Error + 'static>(
     None
 }
 
+type Handle<'scope, T, E> = Option<std::thread::ScopedJoinHandle<'scope, Result<T, E>>>;
+
+/// Starts one inspector on its own thread when it was asked for.
+fn start<'scope, T, E, F>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    enabled: bool,
+    inspector: F,
+) -> Handle<'scope, T, E>
+where
+    T: Send + 'scope,
+    E: Send + 'scope,
+    F: FnOnce() -> Result<T, E> + Send + 'scope,
+{
+    enabled.then(|| scope.spawn(inspector))
+}
+
+/// Waits for one inspector; its failure (or panic) becomes an entry of `errors`.
+fn finish<T, E: std::error::Error + 'static>(
+    name: InspectorName,
+    handle: Handle<'_, T, E>,
+    errors: &mut Vec<InspectorError>,
+) -> Option<T> {
+    handle.and_then(|h| record(name, h.join(), errors))
+}
+
 /// Runs the chosen inspectors (all when `only` is None) concurrently.
 pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
+    use InspectorName as N;
     let wanted = |n: InspectorName| only.is_none_or(|o| o.contains(&n));
     let mut inventory = Inventory::default();
     let mut errors = Vec::new();
     std::thread::scope(|s| {
-        let dmi = wanted(InspectorName::Dmi).then(|| s.spawn(|| dmi::inspect(root)));
-        let cpu = wanted(InspectorName::Cpu).then(|| s.spawn(|| cpu::inspect(root)));
-        let mem = wanted(InspectorName::Mem).then(|| s.spawn(|| mem::inspect(root)));
-        let interfaces =
-            wanted(InspectorName::Interfaces).then(|| s.spawn(|| interfaces::inspect(root)));
-        inventory.dmi = dmi.and_then(|h| record(InspectorName::Dmi, h.join(), &mut errors));
-        inventory.cpu = cpu.and_then(|h| record(InspectorName::Cpu, h.join(), &mut errors));
-        inventory.mem = mem.and_then(|h| record(InspectorName::Mem, h.join(), &mut errors));
-        inventory.interfaces =
-            interfaces.and_then(|h| record(InspectorName::Interfaces, h.join(), &mut errors));
+        let dmi = start(s, wanted(N::Dmi), || dmi::inspect(root));
+        let cpu = start(s, wanted(N::Cpu), || cpu::inspect(root));
+        let mem = start(s, wanted(N::Mem), || mem::inspect(root));
+        let interfaces = start(s, wanted(N::Interfaces), || interfaces::inspect(root));
+        let pci = start(s, wanted(N::Pci), || pci::inspect(root));
+        let routes = start(s, wanted(N::Routes), || routes::inspect(root));
+        let raid = start(s, wanted(N::Raid), || raid::inspect(root));
+        inventory.dmi = finish(N::Dmi, dmi, &mut errors);
+        inventory.cpu = finish(N::Cpu, cpu, &mut errors);
+        inventory.mem = finish(N::Mem, mem, &mut errors);
+        inventory.interfaces = finish(N::Interfaces, interfaces, &mut errors);
+        inventory.pci = finish(N::Pci, pci, &mut errors);
+        inventory.routes = finish(N::Routes, routes, &mut errors);
+        inventory.raid = finish(N::Raid, raid, &mut errors);
     });
     inventory.errors = errors;
     inventory
@@ -205,6 +243,10 @@ mod tests {
             ifaces[1..].iter().all(|i| !i.physical),
             "ifb and lo have no device"
         );
+        let routes = inv.routes.unwrap();
+        assert_eq!(routes.default_gateway.as_deref(), Some("192.0.2.1"));
+        assert_eq!(routes.default_gateway6.as_deref(), Some("fd00::1"));
+        assert_eq!(inv.pci.unwrap().len(), 6);
         // No SMBIOS on this VM: recorded as dmi's error, the rest still reported.
         assert_eq!(inv.errors.len(), 1);
         assert_eq!(inv.errors[0].inspector, "dmi");
@@ -333,6 +375,22 @@ mod tests {
         assert_eq!(recorded.cpu, replayed.cpu);
         assert_eq!(recorded.mem, replayed.mem);
         assert_eq!(recorded.interfaces, replayed.interfaces);
+        assert_eq!(recorded.routes, replayed.routes);
+        assert_eq!(recorded.raid, replayed.raid);
+        // pci.ids is reference data and not captured, so names are left out of the comparison.
+        let unnamed = |inv: &Inventory| {
+            inv.pci.clone().map(|devices| {
+                devices
+                    .into_iter()
+                    .map(|d| qs_proto::inventory::PciDevice {
+                        vendor: None,
+                        device: None,
+                        ..d
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(unnamed(&recorded), unnamed(&replayed));
         assert_eq!(id_sources(&recorded), id_sources(&replayed));
     }
 
@@ -344,7 +402,10 @@ mod tests {
             .iter()
             .map(|e| e.inspector.as_str())
             .collect();
-        assert_eq!(failed, vec!["dmi", "cpu", "mem", "interfaces"]);
+        assert_eq!(
+            failed,
+            vec!["dmi", "cpu", "mem", "interfaces", "pci", "routes"]
+        );
         assert!(inventory
             .errors
             .iter()

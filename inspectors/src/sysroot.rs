@@ -267,6 +267,22 @@ impl SysRoot {
         Ok(target)
     }
 
+    /// A reference file (a database such as pci.ids): read, but never recorded, because it
+    /// describes the world rather than the machine. None when absent or unreadable.
+    pub fn read_reference(&self, rel: &str) -> Option<String> {
+        let real = self.resolve_quietly(rel)?;
+        std::fs::read_to_string(self.root.join(real)).ok()
+    }
+
+    fn resolve_quietly(&self, rel: &str) -> Option<PathBuf> {
+        let quiet = Self {
+            root: self.root.clone(),
+            live: self.live,
+            record: None,
+        };
+        quiet.resolve(rel).ok()
+    }
+
     /// IP addresses by interface name: from the kernel when live, else from the capture.
     pub fn addresses(&self) -> Result<BTreeMap<String, Vec<String>>, SysRootError> {
         let map = if self.live {

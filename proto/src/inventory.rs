@@ -24,6 +24,12 @@ pub struct Inventory {
     /// Network interfaces, sorted by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<Interface>>,
+    /// PCI devices, sorted by address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci: Option<Vec<PciDevice>>,
+    /// IPv4 and IPv6 routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Routes>,
     /// RAID controllers and software RAID arrays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<Raid>,
@@ -315,4 +321,78 @@ pub struct MdSync {
     /// `DELAYED` or `PENDING` when waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+}
+
+/// One PCI function, from `/sys/bus/pci/devices`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDevice {
+    /// Domain:bus:device.function, e.g. `0000:3b:00.0`.
+    pub address: String,
+    /// Class code, six hex digits (`020000` is an Ethernet controller).
+    pub class: String,
+    /// Vendor id, four hex digits.
+    pub vendor_id: String,
+    /// Device id, four hex digits.
+    pub device_id: String,
+    /// Subsystem vendor id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_vendor_id: Option<String>,
+    /// Subsystem device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_device_id: Option<String>,
+    /// Revision, two hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Vendor name from the pci.ids database, when it is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// Device name from the pci.ids database, when it is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Kernel driver bound to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// NUMA node, when the platform says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+    /// Negotiated PCIe link speed, e.g. `8.0 GT/s PCIe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_speed: Option<String>,
+    /// Negotiated PCIe link width (lanes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_width: Option<u32>,
+    /// Fastest link speed the device supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_link_speed: Option<String>,
+    /// Widest link the device supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_link_width: Option<u32>,
+}
+
+/// Routing tables, from `/proc/net/route` and `/proc/net/ipv6_route`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    /// The IPv4 default gateway, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_gateway: Option<String>,
+    /// The IPv6 default gateway, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_gateway6: Option<String>,
+    /// Every route the kernel lists (IPv6 includes its local-table entries).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination with prefix length, e.g. `0.0.0.0/0`, `fd00::/64`.
+    pub destination: String,
+    /// Next hop, when the route has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Outgoing interface.
+    pub interface: String,
+    /// Route metric.
+    pub metric: u32,
 }
