@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod dmi;
 pub mod interfaces;
 pub mod mem;
+pub mod os_storage;
 pub mod pci;
 pub mod raid;
 pub mod routes;
@@ -40,6 +41,8 @@ pub enum InspectorName {
     Mem,
     /// Network interfaces.
     Interfaces,
+    /// Block devices.
+    OsStorage,
     /// PCI devices.
     Pci,
     /// Routing tables.
@@ -50,11 +53,14 @@ pub enum InspectorName {
 
 impl InspectorName {
     /// Every inspector.
-    pub const ALL: [InspectorName; 5] = [
+    pub const ALL: [InspectorName; 8] = [
         Self::Dmi,
         Self::Cpu,
         Self::Mem,
         Self::Interfaces,
+        Self::OsStorage,
+        Self::Pci,
+        Self::Routes,
         Self::Raid,
     ];
 
@@ -65,6 +71,7 @@ impl InspectorName {
             Self::Cpu => "cpu",
             Self::Mem => "mem",
             Self::Interfaces => "interfaces",
+            Self::OsStorage => "os_storage",
             Self::Pci => "pci",
             Self::Routes => "routes",
             Self::Raid => "raid",
@@ -80,7 +87,9 @@ impl fmt::Display for InspectorName {
 
 /// A name that is not an inspector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, pci, routes, raid)")]
+#[error(
+    "unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, os_storage, pci, routes, raid)"
+)]
 pub struct UnknownInspector(pub String);
 
 impl FromStr for InspectorName {
@@ -153,6 +162,7 @@ pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
         let cpu = start(s, wanted(N::Cpu), || cpu::inspect(root));
         let mem = start(s, wanted(N::Mem), || mem::inspect(root));
         let interfaces = start(s, wanted(N::Interfaces), || interfaces::inspect(root));
+        let os_storage = start(s, wanted(N::OsStorage), || os_storage::inspect(root));
         let pci = start(s, wanted(N::Pci), || pci::inspect(root));
         let routes = start(s, wanted(N::Routes), || routes::inspect(root));
         let raid = start(s, wanted(N::Raid), || raid::inspect(root));
@@ -160,6 +170,7 @@ pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
         inventory.cpu = finish(N::Cpu, cpu, &mut errors);
         inventory.mem = finish(N::Mem, mem, &mut errors);
         inventory.interfaces = finish(N::Interfaces, interfaces, &mut errors);
+        inventory.os_storage = finish(N::OsStorage, os_storage, &mut errors);
         inventory.pci = finish(N::Pci, pci, &mut errors);
         inventory.routes = finish(N::Routes, routes, &mut errors);
         inventory.raid = finish(N::Raid, raid, &mut errors);
@@ -201,6 +212,18 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_are_refused() {
+        let every = [
+            "dmi",
+            "cpu",
+            "mem",
+            "interfaces",
+            "os_storage",
+            "pci",
+            "routes",
+            "raid",
+        ];
+        let all: Vec<&str> = InspectorName::ALL.iter().map(|n| n.as_str()).collect();
+        assert_eq!(all, every, "ALL lists every inspector");
         for n in InspectorName::ALL {
             assert_eq!(n.as_str().parse::<InspectorName>(), Ok(n));
         }
@@ -309,6 +332,51 @@ mod tests {
         );
         let mem = inv.mem.unwrap().total;
         assert!(mem > 900 << 20 && mem <= 1 << 30, "{mem}");
+        // The disks' controllers: AHCI (SATA), NVMe, virtio-blk, and the e1000e NIC.
+        let drivers: Vec<String> = inv
+            .pci
+            .unwrap()
+            .into_iter()
+            .filter_map(|d| d.driver)
+            .collect();
+        for driver in ["ahci", "nvme", "e1000e"] {
+            assert!(
+                drivers.iter().any(|d| d == driver),
+                "{driver} in {drivers:?}"
+            );
+        }
+        // Disks of known sizes and serials, and the layout the capture payload made on them.
+        let storage = inv.os_storage.unwrap();
+        let disks: Vec<(String, u64, String, String)> = storage
+            .iter()
+            .map(|d| {
+                let text = |v: &Option<String>| v.clone().unwrap_or_default();
+                (d.name.clone(), d.size, text(&d.serial), text(&d.transport))
+            })
+            .collect();
+        let want = [
+            ("nvme0n1", 3u64 << 30, "QS-NVME-1", "nvme"),
+            ("sda", 2 << 30, "QS-SATA-0", "sata"),
+            ("vda", 1 << 30, "QS-VIRTIO-2", "virtio"),
+        ];
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|(n, s, r, t)| (n.to_owned(), s, r.to_owned(), t.to_owned()))
+            .collect();
+        assert_eq!(disks, want);
+        let sda = &storage[1];
+        assert_eq!(sda.partitions.len(), 2);
+        assert_eq!(sda.partitions[0].size, 512 << 20);
+        assert_eq!(sda.partitions[1].holders, vec!["md0"]);
+        assert_eq!(storage[2].holders, vec!["md0"]);
+        let raid = inv.raid.unwrap();
+        assert!(raid.controllers.is_empty());
+        let md0 = &raid.md[0];
+        assert_eq!(md0.name, "md0");
+        assert_eq!(md0.level.as_deref(), Some("raid1"));
+        assert!(!md0.degraded);
+        let members: Vec<&str> = md0.members.iter().map(|m| m.device.as_str()).collect();
+        assert_eq!(members, vec!["sda2", "vda"]);
         let dmi = inv.dmi.unwrap();
         assert_eq!(
             dmi.product_uuid.as_deref(),
@@ -376,6 +444,7 @@ mod tests {
         assert_eq!(recorded.mem, replayed.mem);
         assert_eq!(recorded.interfaces, replayed.interfaces);
         assert_eq!(recorded.routes, replayed.routes);
+        assert_eq!(recorded.os_storage, replayed.os_storage);
         assert_eq!(recorded.raid, replayed.raid);
         // pci.ids is reference data and not captured, so names are left out of the comparison.
         let unnamed = |inv: &Inventory| {
@@ -404,7 +473,15 @@ mod tests {
             .collect();
         assert_eq!(
             failed,
-            vec!["dmi", "cpu", "mem", "interfaces", "pci", "routes"]
+            vec![
+                "dmi",
+                "cpu",
+                "mem",
+                "interfaces",
+                "os_storage",
+                "pci",
+                "routes"
+            ]
         );
         assert!(inventory
             .errors

@@ -30,6 +30,9 @@ pub struct Inventory {
     /// IPv4 and IPv6 routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Routes>,
+    /// Block devices the OS sees (disks, NVMe namespaces), with partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_storage: Option<Vec<BlockDevice>>,
     /// RAID controllers and software RAID arrays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<Raid>,
@@ -395,4 +398,59 @@ pub struct Route {
     pub interface: String,
     /// Route metric.
     pub metric: u32,
+}
+
+/// A disk or NVMe namespace, from `/sys/block`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDevice {
+    /// Kernel name, e.g. `sda`, `nvme0n1`, `vda`.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical sector size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_sector_size: Option<u32>,
+    /// Physical sector size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_sector_size: Option<u32>,
+    /// Spinning media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotational: Option<bool>,
+    /// Removable media.
+    #[serde(default)]
+    pub removable: bool,
+    /// Model as the device reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// World wide name (`naa.…`, `eui.…`, `t10.…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<String>,
+    /// How it is attached: sata, sas, nvme, virtio, usb, scsi, mmc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// Partitions, by number.
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+    /// Devices built on this one (md arrays, device-mapper), from `holders/`.
+    #[serde(default)]
+    pub holders: Vec<String>,
+}
+
+/// A partition of a block device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// Kernel name, e.g. `sda1`.
+    pub name: String,
+    /// Partition number.
+    pub number: u32,
+    /// First byte.
+    pub start: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Devices built on this partition.
+    #[serde(default)]
+    pub holders: Vec<String>,
 }
