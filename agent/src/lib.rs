@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod identity;
+pub mod sent_inventory;
 pub mod session;
 
 use std::path::PathBuf;

@@ -17,7 +17,7 @@ use qs_inspectors::SysRoot;
 use qs_proto::codec::{self, DecodeError};
 use qs_proto::{
     Body, CallOutcome, CallProgress, CallResult, CapabilityCall, Envelope, ErrorBody, ErrorCode,
-    ErrorReport, Heartbeat, InventoryUpdate, MercuryId, MessageId, Register,
+    ErrorReport, Heartbeat, MercuryId, MessageId, Register,
 };
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
@@ -26,6 +26,7 @@ use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMes
 
 use crate::backoff::Backoff;
 use crate::identity;
+use crate::sent_inventory::SentInventory;
 
 /// How long to wait between attempts to derive a MercuryId when nothing usable was found.
 const ID_RETRY: Duration = Duration::from_secs(30);
@@ -75,7 +76,7 @@ struct Agent {
     capabilities: Registry,
     boot_id: String,
     /// The inventory last sent to the controller.
-    inventory: Mutex<serde_json::Value>,
+    inventory: Mutex<SentInventory>,
     /// Held by capabilities that must not run alongside each other.
     exclusive: Mutex<()>,
 }
@@ -95,7 +96,7 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
         boot_id: identity::boot_id(&config.root),
         capabilities: Registry::standard(config.root.clone()),
         id,
-        inventory: Mutex::new(inventory),
+        inventory: Mutex::new(SentInventory::new(inventory)),
         exclusive: Mutex::new(()),
     });
     let shutdown = shutdown_signal();
@@ -226,12 +227,18 @@ async fn register(
     outbox: &mpsc::Sender<Envelope>,
 ) -> anyhow::Result<MessageId> {
     let id = ids.next();
+    let (inventory, inventory_version) = {
+        let sent = agent.inventory.lock().await;
+        let (doc, version) = sent.current();
+        (doc.clone(), version)
+    };
     let body = Body::Register(Register {
         mercury_id: agent.id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         boot_id: agent.boot_id.clone(),
         capabilities: agent.capabilities.describe(),
-        inventory: agent.inventory.lock().await.clone(),
+        inventory,
+        inventory_version,
     });
     send(outbox, Envelope::new(id, body)).await?;
     Ok(id)
@@ -294,6 +301,11 @@ async fn serve(
                             info!("controller does not know this session (restarted?): registering again");
                             registering = Some((register(agent, &mut ids, outbox).await?, Instant::now()));
                         }
+                    }
+                    Body::Error(ErrorBody { code: ErrorCode::StaleBase, message }) => {
+                        info!(reason = %message, "controller cannot apply the delta: sending the whole inventory");
+                        let body = agent.inventory.lock().await.resend();
+                        send(outbox, Envelope::new(ids.next(), body)).await?;
                     }
                     Body::Error(error) => {
                         warn!(code = ?error.code, message = %error.message, re = ?env.re, "controller refused a message");
@@ -425,7 +437,8 @@ async fn serve_call(
     let _ = outbox.send(Envelope::reply(new_id(), call_id, reply)).await;
 }
 
-/// After a full inspection, the controller gets the new inventory as an update.
+/// After a full inspection the controller gets what changed: a delta, the whole inventory, or
+/// nothing.
 async fn refresh_inventory(
     agent: &Agent,
     output: &serde_json::Value,
@@ -436,11 +449,8 @@ async fn refresh_inventory(
     if let Some(map) = doc.as_object_mut() {
         map.insert("mercury_id".into(), agent.id.to_string().into());
     }
-    *agent.inventory.lock().await = doc.clone();
-    let _ = outbox
-        .send(Envelope::new(
-            id,
-            Body::InventoryUpdate(InventoryUpdate { inventory: doc }),
-        ))
-        .await;
+    let body = agent.inventory.lock().await.update_to(doc);
+    if let Some(body) = body {
+        let _ = outbox.send(Envelope::new(id, body)).await;
+    }
 }

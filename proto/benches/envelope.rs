@@ -36,6 +36,7 @@ fn main() {
                 boot_id: "5e0c1c8e-6a1d-4f53-8d2b-2f3c6a0e9f11".into(),
                 capabilities: vec![],
                 inventory,
+                inventory_version: 1,
             }),
         );
         let frame = codec::encode(&env).unwrap();
@@ -67,5 +68,43 @@ fn main() {
             rate,
             rate * frame.len() as f64 / 1e6
         );
+        if let Body::Register(register) = &env.body {
+            delta_after_losing_a_disk(&path, &register.inventory);
+        }
     }
+}
+
+/// Issue 4's size figure: a full inventory frame against the delta after one disk disappears.
+fn delta_after_losing_a_disk(path: &std::path::Path, inventory: &serde_json::Value) {
+    let Some(disks) = inventory
+        .get("os_storage")
+        .and_then(|d| d.as_array())
+        .filter(|d| !d.is_empty())
+    else {
+        return;
+    };
+    let mut after = inventory.clone();
+    after["os_storage"] = serde_json::Value::Array(disks[1..].to_vec());
+    let full = Envelope::new(
+        MessageId(2),
+        Body::InventoryUpdate(qs_proto::InventoryUpdate {
+            inventory: after.clone(),
+            version: 2,
+        }),
+    );
+    let delta = Envelope::new(
+        MessageId(2),
+        Body::InventoryDelta(qs_proto::InventoryDelta {
+            base: 1,
+            version: 2,
+            patch: json_patch::diff(inventory, &after),
+        }),
+    );
+    println!(
+        "{:<40} full update {} B, delta after losing {} {} B",
+        path.file_name().unwrap().to_string_lossy(),
+        codec::encode(&full).unwrap().len(),
+        disks[0]["name"].as_str().unwrap_or("a disk"),
+        codec::encode(&delta).unwrap().len()
+    );
 }

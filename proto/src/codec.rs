@@ -143,6 +143,7 @@ mod tests {
                     exclusive: false,
                 }],
                 inventory: serde_json::json!({"mem": {"total": 1024}}),
+                inventory_version: 1,
             }),
             Body::Registered(Registered {
                 heartbeat_interval_ms: 5000,
@@ -150,6 +151,15 @@ mod tests {
             Body::Heartbeat(Heartbeat {}),
             Body::InventoryUpdate(InventoryUpdate {
                 inventory: serde_json::json!({"cpu": {"threads": 2}}),
+                version: 2,
+            }),
+            Body::InventoryDelta(InventoryDelta {
+                base: 2,
+                version: 3,
+                patch: json_patch::diff(
+                    &serde_json::json!({"cpu": {"threads": 2}, "os_storage": [{"name": "sda"}, {"name": "sdb"}]}),
+                    &serde_json::json!({"cpu": {"threads": 4}, "os_storage": [{"name": "sda"}]}),
+                ),
             }),
             Body::CapabilityCall(CapabilityCall {
                 capability: "inspect".into(),
@@ -322,7 +332,7 @@ mod tests {
 
         #[test]
         fn mutated_frames_never_panic(
-            which in 0usize..9,
+            which in 0usize..10,
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
             cut in any::<prop::sample::Index>(),
         ) {

@@ -28,5 +28,5 @@ pub use error_report::ErrorReport;
 pub use mercury_id::MercuryId;
 pub use message::{
     Body, CallOutcome, CallProgress, CallResult, CapabilityCall, ErrorBody, ErrorCode, Heartbeat,
-    InventoryUpdate, Register, Registered,
+    InventoryDelta, InventoryUpdate, Register, Registered,
 };

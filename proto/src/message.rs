@@ -21,6 +21,8 @@ pub enum Body {
     Heartbeat(Heartbeat),
     /// Agent -> controller: a fresh inventory.
     InventoryUpdate(InventoryUpdate),
+    /// Agent -> controller: what changed since the inventory the controller has.
+    InventoryDelta(InventoryDelta),
     /// Controller -> agent: run a capability.
     CapabilityCall(CapabilityCall),
     /// Agent -> controller: progress of a running call (`re` = the call's id).
@@ -39,6 +41,7 @@ impl Body {
             Body::Registered(_) => "registered",
             Body::Heartbeat(_) => "heartbeat",
             Body::InventoryUpdate(_) => "inventory_update",
+            Body::InventoryDelta(_) => "inventory_delta",
             Body::CapabilityCall(_) => "capability_call",
             Body::CallProgress(_) => "call_progress",
             Body::CallResult(_) => "call_result",
@@ -61,6 +64,9 @@ pub struct Register {
     pub capabilities: Vec<CapabilityInfo>,
     /// The inventory document; self-describing so a controller keeps fields it does not know yet.
     pub inventory: serde_json::Value,
+    /// The agent's version number of that inventory; deltas name the version they apply to.
+    #[serde(default)]
+    pub inventory_version: u64,
 }
 
 /// The controller accepted a registration.
@@ -79,6 +85,23 @@ pub struct Heartbeat {}
 pub struct InventoryUpdate {
     /// The inventory document.
     pub inventory: serde_json::Value,
+    /// The agent's version number of this inventory.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// The difference between two inventories, as an RFC 6902 JSON patch.
+///
+/// The controller applies it only to the version it names as `base`; otherwise it answers
+/// `stale_base` and the agent sends the whole inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryDelta {
+    /// The version the patch applies to.
+    pub base: u64,
+    /// The version the patch produces.
+    pub version: u64,
+    /// The changes.
+    pub patch: json_patch::Patch,
 }
 
 /// Run one capability with arguments.
@@ -145,6 +168,8 @@ pub enum ErrorCode {
     UnexpectedMessage,
     /// The receiver failed while handling a valid request.
     Internal,
+    /// An inventory delta names a base version the controller does not have.
+    StaleBase,
     /// A code from a newer peer.
     #[serde(other)]
     Other,

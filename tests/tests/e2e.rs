@@ -453,3 +453,60 @@ async fn agent_reconnects_when_the_controller_appears_later() {
         .unwrap();
     wait_online(&controller, std::slice::from_ref(&agent.mercury_id)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_disk_reaches_the_controller_as_a_delta_stored_like_a_full_inventory() {
+    // A private copy of a captured host, so a disk can disappear from it.
+    let host = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", fixture_host("qemu-q35").display()))
+        .arg(host.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let data = tempfile::tempdir().unwrap();
+    let controller = Controller::start(data.path(), FAST).await.unwrap();
+    let agent = Agent::start(&controller.agents, host.path()).await.unwrap();
+    wait_online(&controller, std::slice::from_ref(&agent.mercury_id)).await;
+
+    std::fs::remove_file(host.path().join("sys/block/nvme0n1")).unwrap();
+    let (status, body) = controller
+        .post(
+            &format!("/api/v1/agents/{}/calls", agent.mercury_id),
+            &json!({"capability": "inspect", "timeout": 30}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut expected = body["output"].clone();
+    expected["mercury_id"] = json!(agent.mercury_id);
+    let disks: Vec<&str> = expected["os_storage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(disks, vec!["sda", "vda"]);
+
+    let stored = wait_until("delta applied", WAIT, || async {
+        let (_, counters) = controller.get("/api/v1/counters").await?;
+        if counters["inventory_deltas"] != 1 {
+            return Ok(None);
+        }
+        let (_, doc) = controller
+            .get(&format!("/api/v1/inventory/{}", agent.mercury_id))
+            .await?;
+        Ok(Some(doc))
+    })
+    .await
+    .unwrap();
+    let mut stored = stored;
+    stored.as_object_mut().unwrap().remove("agent");
+    assert_eq!(stored, expected, "the delta's result equals a full resend");
+    let (_, counters) = controller.get("/api/v1/counters").await.unwrap();
+    assert_eq!(
+        counters["inventory_updates"], 1,
+        "only the registration sent everything: {counters}"
+    );
+}

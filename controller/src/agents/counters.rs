@@ -23,6 +23,10 @@ pub struct Counters {
     pub messages: AtomicU64,
     /// Requests refused with an error reply (not registered, unexpected message …).
     pub refused: AtomicU64,
+    /// Inventory deltas applied.
+    pub inventory_deltas: AtomicU64,
+    /// Whole inventories received (registrations and full updates).
+    pub inventory_updates: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`], as the API reports it.
@@ -44,6 +48,10 @@ pub struct CountersSnapshot {
     pub messages: u64,
     /// See [`Counters::refused`].
     pub refused: u64,
+    /// See [`Counters::inventory_deltas`].
+    pub inventory_deltas: u64,
+    /// See [`Counters::inventory_updates`].
+    pub inventory_updates: u64,
 }
 
 impl Counters {
@@ -64,6 +72,8 @@ impl Counters {
             bad_bodies: get(&self.bad_bodies),
             messages: get(&self.messages),
             refused: get(&self.refused),
+            inventory_deltas: get(&self.inventory_deltas),
+            inventory_updates: get(&self.inventory_updates),
         }
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use qs_proto::codec::{self, DecodeError};
 use qs_proto::{
-    Body, CallOutcome, CapabilityCall, Envelope, ErrorBody, ErrorCode, Heartbeat, MercuryId,
-    MessageId, Register, Registered,
+    Body, CallOutcome, CapabilityCall, Envelope, ErrorBody, ErrorCode, Heartbeat, InventoryDelta,
+    MercuryId, MessageId, Register, Registered,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -310,9 +310,12 @@ impl AgentLink {
                     .await;
                     return;
                 }
+                self.registry.set_inventory_version(&id, update.version);
+                Counters::bump(&self.counters.inventory_updates);
                 let _ = self.registry.seen(&id).await;
-                info!(mercury_id = %id, "inventory updated");
+                info!(mercury_id = %id, version = update.version, "inventory updated");
             }
+            Body::InventoryDelta(delta) => self.on_delta(identity, &id, env.id, delta).await,
             Body::CallProgress(progress) => {
                 info!(mercury_id = %id, re = ?env.re, percent = ?progress.percent, message = %progress.message, "call progress");
             }
@@ -370,7 +373,9 @@ impl AgentLink {
                 .await;
             return;
         }
-        if let Err(error) = self.registry.register(&id, record).await {
+        let version = register.inventory_version;
+        Counters::bump(&self.counters.inventory_updates);
+        if let Err(error) = self.registry.register(&id, record, version).await {
             self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&error))
                 .await;
             return;
@@ -385,6 +390,62 @@ impl AgentLink {
             }),
         );
         self.send(identity, &reply).await;
+    }
+
+    /// Applies an inventory delta to the stored inventory, if it is the version the delta was
+    /// made against; otherwise asks for the whole inventory. The result is stored exactly as a
+    /// full update with the same content would be.
+    async fn on_delta(
+        &self,
+        identity: &Bytes,
+        id: &MercuryId,
+        msg_id: MessageId,
+        delta: InventoryDelta,
+    ) {
+        let Some(have) = self.registry.inventory_version(id) else {
+            self.refuse_unregistered(identity, msg_id).await;
+            return;
+        };
+        if have != delta.base {
+            Counters::bump(&self.counters.refused);
+            let message = format!(
+                "delta is against version {}, the controller has {have}",
+                delta.base
+            );
+            self.reply_error(identity, msg_id, ErrorCode::StaleBase, message)
+                .await;
+            return;
+        }
+        let mut doc = match self.store.get_inventory(id.as_str()).await {
+            Ok(Some(doc)) => doc,
+            Ok(None) => serde_json::Value::Object(Default::default()),
+            Err(error) => {
+                self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&error))
+                    .await;
+                return;
+            }
+        };
+        if let Some(map) = doc.as_object_mut() {
+            map.remove("agent");
+        }
+        // json_patch::patch is all-or-nothing: a failed operation leaves the document as it was.
+        if let Err(error) = json_patch::patch(&mut doc, &delta.patch) {
+            Counters::bump(&self.counters.refused);
+            warn!(mercury_id = %id, error = %error, "inventory delta does not apply");
+            let message = format!("delta does not apply: {error}");
+            self.reply_error(identity, msg_id, ErrorCode::StaleBase, message)
+                .await;
+            return;
+        }
+        if let Err(error) = self.store_inventory(id, doc).await {
+            self.internal_error(identity, msg_id, qs_proto::ErrorReport::from_error(&*error))
+                .await;
+            return;
+        }
+        self.registry.set_inventory_version(id, delta.version);
+        Counters::bump(&self.counters.inventory_deltas);
+        let _ = self.registry.seen(id).await;
+        info!(mercury_id = %id, version = delta.version, operations = delta.patch.0.len(), "inventory delta applied");
     }
 
     /// Stores an inventory document, keeping the controller-owned `agent` fields.

@@ -72,11 +72,18 @@ pub struct AgentSummary {
     pub record: AgentRecord,
 }
 
+/// What only lives as long as an agent's connection to this controller process.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    /// The agent's version number of the inventory stored for it.
+    inventory_version: u64,
+}
+
 #[derive(Debug)]
 struct Entry {
     record: AgentRecord,
-    /// Registered with this controller process.
-    session: bool,
+    /// The session with this controller process, if the agent registered.
+    session: Option<Session>,
     /// `last_seen` changed since it was last written.
     dirty: bool,
 }
@@ -109,7 +116,7 @@ impl Registry {
                         id,
                         Entry {
                             record,
-                            session: false,
+                            session: None,
                             dirty: false,
                         },
                     );
@@ -136,13 +143,18 @@ impl Registry {
     }
 
     /// Starts a session and persists the agent fields at once.
-    pub async fn register(&self, id: &MercuryId, record: AgentRecord) -> Result<(), RegistryError> {
+    pub async fn register(
+        &self,
+        id: &MercuryId,
+        record: AgentRecord,
+        inventory_version: u64,
+    ) -> Result<(), RegistryError> {
         let doc = encode(id, &record)?;
         self.lock().insert(
             id.clone(),
             Entry {
                 record,
-                session: true,
+                session: Some(Session { inventory_version }),
                 dirty: false,
             },
         );
@@ -154,7 +166,7 @@ impl Registry {
     pub async fn seen(&self, id: &MercuryId) -> Result<bool, RegistryError> {
         let came_back = {
             let mut agents = self.lock();
-            let Some(entry) = agents.get_mut(id).filter(|e| e.session) else {
+            let Some(entry) = agents.get_mut(id).filter(|e| e.session.is_some()) else {
                 return Ok(false);
             };
             entry.record.last_seen = OffsetDateTime::now_utc();
@@ -172,7 +184,22 @@ impl Registry {
 
     /// Whether the agent has a session with this controller.
     pub fn has_session(&self, id: &MercuryId) -> bool {
-        self.lock().get(id).is_some_and(|e| e.session)
+        self.lock().get(id).is_some_and(|e| e.session.is_some())
+    }
+
+    /// The version of the inventory the controller holds for a session, if any.
+    pub fn inventory_version(&self, id: &MercuryId) -> Option<u64> {
+        self.lock()
+            .get(id)
+            .and_then(|e| e.session.as_ref())
+            .map(|s| s.inventory_version)
+    }
+
+    /// Records that the stored inventory is now the agent's version `version`.
+    pub fn set_inventory_version(&self, id: &MercuryId, version: u64) {
+        if let Some(session) = self.lock().get_mut(id).and_then(|e| e.session.as_mut()) {
+            session.inventory_version = version;
+        }
     }
 
     /// Marks silent agents offline and writes changed `last_seen` values.
@@ -186,7 +213,7 @@ impl Registry {
                 let silent = now - entry.record.last_seen > self.timeout;
                 if entry.record.online && silent {
                     entry.record.online = false;
-                    entry.session = false;
+                    entry.session = None;
                     entry.dirty = true;
                     went_offline.insert(id.clone());
                 }
