@@ -47,6 +47,9 @@ enum Cmd {
         /// Also copy every file the inspectors read into DIR (a fixture tree for tests).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
+        /// Also listen this many seconds for LLDP neighbours on every up interface.
+        #[arg(long, value_name = "SECONDS")]
+        lldp: Option<u64>,
     },
     /// Print this server's MercuryId.
     Id {
@@ -71,6 +74,10 @@ enum Cmd {
         /// Give up waiting for a reply (registration, heartbeat echo) after this long.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         reply_timeout: Duration,
+        /// Listen this many seconds for LLDP neighbours (repeated every few minutes) and send
+        /// them as an inventory update; 0 disables.
+        #[arg(long, value_name = "SECONDS", default_value_t = 35)]
+        lldp: u64,
     },
 }
 
@@ -99,15 +106,36 @@ fn sysroot(root: PathBuf) -> SysRoot {
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Inspect { root, only, record } => {
+        Cmd::Inspect {
+            root,
+            only,
+            record,
+            lldp,
+        } => {
             let root = match record {
                 Some(out) => SysRoot::recording(root, out),
                 None => sysroot(root),
             };
-            let inventory =
+            // LLDP listening is slow; the inspectors run meanwhile.
+            let listening = lldp.map(|secs| {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || {
+                    qs_inspectors::lldp::listen(&root, Duration::from_secs(secs))
+                })
+            });
+            let mut inventory =
                 tokio::task::spawn_blocking(move || identity::inspect(&root, only.as_deref()))
                     .await
                     .context("inspection panicked")?;
+            if let Some(listening) = listening {
+                match listening.await.context("LLDP listening panicked")? {
+                    Ok(neighbours) => inventory.lldp = Some(neighbours),
+                    Err(error) => inventory.errors.push(qs_proto::inventory::InspectorError {
+                        inspector: "lldp".into(),
+                        message: qs_proto::ErrorReport::from_error(&error).to_string(),
+                    }),
+                }
+            }
             println!("{}", serde_json::to_string_pretty(&inventory)?);
             Ok(())
         }
@@ -129,9 +157,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root,
             max_frame,
             reply_timeout,
+            lldp,
         } => {
             let config =
-                session::SessionConfig::new(&controller, sysroot(root), max_frame, reply_timeout)?;
+                session::SessionConfig::new(&controller, sysroot(root), max_frame, reply_timeout)?
+                    .with_lldp((lldp > 0).then(|| Duration::from_secs(lldp)));
             session::run(config).await
         }
     }

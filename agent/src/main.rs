@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
+// One thread is plenty for one connection; blocking work (inspection) has its own pool.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = qs_agent::Cli::parse();
     qs_agent::init_tracing(cli.verbose);

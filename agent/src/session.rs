@@ -19,7 +19,8 @@ use qs_proto::{
     Body, CallOutcome, CallProgress, CallResult, CapabilityCall, Envelope, ErrorBody, ErrorCode,
     ErrorReport, Heartbeat, MercuryId, MessageId, Register,
 };
-use tokio::sync::{mpsc, Mutex};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
@@ -39,6 +40,7 @@ pub struct SessionConfig {
     root: SysRoot,
     max_frame: usize,
     reply_timeout: Duration,
+    lldp_window: Option<Duration>,
 }
 
 impl SessionConfig {
@@ -66,7 +68,14 @@ impl SessionConfig {
             root,
             max_frame,
             reply_timeout,
+            lldp_window: None,
         })
+    }
+
+    /// Listen for LLDP neighbours for `window` at a time (None: never).
+    pub fn with_lldp(mut self, window: Option<Duration>) -> Self {
+        self.lldp_window = window;
+        self
     }
 }
 
@@ -79,6 +88,8 @@ struct Agent {
     inventory: Mutex<SentInventory>,
     /// Held by capabilities that must not run alongside each other.
     exclusive: Mutex<()>,
+    /// The LLDP neighbours last heard, when listening.
+    lldp: watch::Receiver<Option<Value>>,
 }
 
 /// Why a session ended (the controller went away or stopped answering).
@@ -98,6 +109,7 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
         id,
         inventory: Mutex::new(SentInventory::new(inventory)),
         exclusive: Mutex::new(()),
+        lldp: spawn_lldp_listener(&config),
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -123,6 +135,50 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// How long to wait between LLDP listening windows: switches announce every 30 s, and
+/// neighbours change only when someone recables.
+const LLDP_PAUSE: Duration = Duration::from_secs(300);
+
+/// Listens for LLDP in the background, publishing each window's neighbours when they change.
+fn spawn_lldp_listener(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
+    let (tx, rx) = watch::channel(None);
+    let Some(window) = config.lldp_window else {
+        return rx;
+    };
+    let root = config.root.clone();
+    tokio::spawn(async move {
+        loop {
+            let r = root.clone();
+            let heard =
+                tokio::task::spawn_blocking(move || qs_inspectors::lldp::listen(&r, window)).await;
+            match heard {
+                Ok(Ok(neighbours)) => {
+                    info!(
+                        neighbours = neighbours.len(),
+                        "LLDP listening window closed"
+                    );
+                    let value = serde_json::to_value(&neighbours).ok();
+                    tx.send_if_modified(|current| {
+                        let changed = *current != value;
+                        *current = value;
+                        changed
+                    });
+                }
+                Ok(Err(qs_inspectors::lldp::LldpError::NotLive)) => {
+                    info!("not listening for LLDP: the root is a captured tree");
+                    return;
+                }
+                Ok(Err(error)) => {
+                    warn!(error = %ErrorReport::from_error(&error), "LLDP listening failed")
+                }
+                Err(error) => warn!(error = %error, "LLDP listener panicked"),
+            }
+            tokio::time::sleep(LLDP_PAUSE).await;
+        }
+    });
+    rx
 }
 
 async fn inspect_until_identified(
@@ -256,6 +312,8 @@ async fn serve(
     let mut last_heard = Instant::now();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lldp = agent.lldp.clone();
+    let mut lldp_open = true;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -270,6 +328,23 @@ async fn serve(
                     return Ok(SessionEnd::Lost(format!("controller silent for {silence:?}")));
                 }
                 send(outbox, Envelope::new(ids.next(), Body::Heartbeat(Heartbeat {}))).await?;
+            }
+            changed = lldp.changed(), if lldp_open && registering.is_none() => {
+                if changed.is_err() {
+                    lldp_open = false;
+                    continue;
+                }
+                let neighbours = lldp.borrow_and_update().clone();
+                if let Some(neighbours) = neighbours {
+                    let mut sent = agent.inventory.lock().await;
+                    let mut doc = sent.current().0.clone();
+                    if let Some(map) = doc.as_object_mut() {
+                        map.insert("lldp".into(), neighbours);
+                    }
+                    if let Some(body) = sent.update_to(doc) {
+                        send(outbox, Envelope::new(ids.next(), body)).await?;
+                    }
+                }
             }
             message = recv.recv() => {
                 let message = match message {
@@ -446,10 +521,16 @@ async fn refresh_inventory(
     id: MessageId,
 ) {
     let mut doc = output.clone();
+    let mut sent = agent.inventory.lock().await;
     if let Some(map) = doc.as_object_mut() {
         map.insert("mercury_id".into(), agent.id.to_string().into());
+        // Neighbours come from the listener, not the inspectors: keep the last heard.
+        if let Some(lldp) = sent.current().0.get("lldp") {
+            map.entry("lldp").or_insert_with(|| lldp.clone());
+        }
     }
-    let body = agent.inventory.lock().await.update_to(doc);
+    let body = sent.update_to(doc);
+    drop(sent);
     if let Some(body) = body {
         let _ = outbox.send(Envelope::new(id, body)).await;
     }

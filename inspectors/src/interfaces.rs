@@ -58,7 +58,7 @@ fn inspect_one(root: &SysRoot, name: &str) -> Interface {
         .ok()
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
     let pci_address = if has_device {
-        root.resolve(&format!("{dir}/device"))
+        root.canonical(&format!("{dir}/device"))
             .ok()
             .and_then(|path| nearest_pci_address(&path.to_string_lossy()))
     } else {

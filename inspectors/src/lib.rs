@@ -15,6 +15,7 @@
 pub mod cpu;
 pub mod dmi;
 pub mod interfaces;
+pub mod lldp;
 pub mod mem;
 pub mod os_storage;
 pub mod pci;

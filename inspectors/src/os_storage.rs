@@ -24,7 +24,7 @@ pub fn inspect(root: &SysRoot) -> Result<Vec<BlockDevice>, StorageError> {
     let mut devices = Vec::new();
     for name in root.read_dir(BLOCK).map_err(StorageError::List)? {
         let dir = format!("{BLOCK}/{name}");
-        let Ok(real) = root.resolve(&dir) else {
+        let Ok(real) = root.canonical(&dir) else {
             continue;
         };
         if real.to_string_lossy().contains("/devices/virtual/") {

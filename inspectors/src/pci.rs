@@ -101,45 +101,41 @@ fn inspect_one(root: &SysRoot, address: &str) -> Result<PciDevice, PciError> {
 }
 
 /// Vendor and device names for the wanted (vendor, device) ids from pci.ids text.
+///
+/// The database is large (about 1.3 MB) and a machine has a handful of vendors, so each
+/// vendor's block is found by a direct search instead of parsing every line.
 pub fn parse_pci_ids(
     text: &str,
     wanted: &BTreeSet<(String, String)>,
 ) -> BTreeMap<(String, String), (String, Option<String>)> {
-    let vendors: BTreeSet<&str> = wanted.iter().map(|(v, _)| v.as_str()).collect();
     let mut names = BTreeMap::new();
-    let mut vendor: Option<(String, String)> = None;
-    for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        if line.starts_with("C ") {
-            // The class list comes after every vendor.
-            break;
-        }
-        if !line.starts_with('\t') {
-            vendor = line
-                .split_once("  ")
-                .filter(|(id, _)| vendors.contains(id))
-                .map(|(id, name)| (id.to_owned(), name.trim().to_owned()));
-            if let Some((id, name)) = &vendor {
-                for (v, d) in wanted.iter().filter(|(v, _)| v == id) {
-                    names
-                        .entry((v.clone(), d.clone()))
-                        .or_insert((name.clone(), None));
-                }
-            }
-            continue;
-        }
-        let Some((vendor_id, vendor_name)) = &vendor else {
+    let vendors: BTreeSet<&str> = wanted.iter().map(|(v, _)| v.as_str()).collect();
+    for vendor_id in vendors {
+        let Some(at) = text.find(&format!("\n{vendor_id}  ")) else {
             continue;
         };
-        if line.starts_with("\t\t") {
+        let mut lines = text[at + 1..].lines();
+        let Some(vendor_name) = lines
+            .next()
+            .and_then(|l| l.split_once("  "))
+            .map(|(_, n)| n.trim().to_owned())
+        else {
             continue;
+        };
+        for (v, d) in wanted.iter().filter(|(v, _)| v == vendor_id) {
+            names.insert((v.clone(), d.clone()), (vendor_name.clone(), None));
         }
-        if let Some((id, name)) = line.trim_start().split_once("  ") {
-            let key = (vendor_id.clone(), id.to_owned());
-            if wanted.contains(&key) {
-                names.insert(key, (vendor_name.clone(), Some(name.trim().to_owned())));
+        // The vendor's devices follow, one tab deep (subsystems two tabs), until the next vendor.
+        for line in lines.take_while(|l| l.starts_with('\t') || l.starts_with('#') || l.is_empty())
+        {
+            if line.starts_with("\t\t") || !line.starts_with('\t') {
+                continue;
+            }
+            if let Some((id, name)) = line.trim_start().split_once("  ") {
+                let key = (vendor_id.to_owned(), id.to_owned());
+                if wanted.contains(&key) {
+                    names.insert(key, (vendor_name.clone(), Some(name.trim().to_owned())));
+                }
             }
         }
     }

@@ -141,6 +141,33 @@ impl SysRoot {
         }
     }
 
+    /// The path to open for `rel`: on the live machine the kernel follows symlinks itself (a
+    /// path walk in the kernel is far cheaper than one `statx` per component here); captured
+    /// trees and recordings resolve component by component so links stay inside the root.
+    fn real_path(&self, rel: &str) -> Result<PathBuf, SysRootError> {
+        if self.live && self.record.is_none() {
+            Ok(PathBuf::from(rel.trim_start_matches('/')))
+        } else {
+            self.resolve(rel)
+        }
+    }
+
+    /// The real path of `rel` relative to the root, every symlink resolved (the kernel's
+    /// `realpath` on the live machine, [`SysRoot::resolve`] otherwise).
+    pub fn canonical(&self, rel: &str) -> Result<PathBuf, SysRootError> {
+        if self.live && self.record.is_none() {
+            let full = self.root.join(rel.trim_start_matches('/'));
+            let real =
+                std::fs::canonicalize(&full).map_err(|e| self.read_error(Path::new(rel), e))?;
+            Ok(real
+                .strip_prefix(&self.root)
+                .map(Path::to_path_buf)
+                .unwrap_or(real))
+        } else {
+            self.resolve(rel)
+        }
+    }
+
     /// Resolves every symlink in `rel`, staying inside the root; returns the real relative path.
     pub fn resolve(&self, rel: &str) -> Result<PathBuf, SysRootError> {
         let mut pending: Vec<String> = components(Path::new(rel.trim_start_matches('/')));
@@ -181,7 +208,7 @@ impl SysRoot {
 
     /// The file's bytes.
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysRootError> {
-        let real = self.resolve(rel)?;
+        let real = self.real_path(rel)?;
         let bytes = std::fs::read(self.root.join(&real)).map_err(|e| self.read_error(&real, e))?;
         if let Some(out) = &self.record {
             write_mirror(&out.join(&real), &bytes);
@@ -204,7 +231,7 @@ impl SysRoot {
 
     /// Names in a directory, sorted.
     pub fn read_dir(&self, rel: &str) -> Result<Vec<String>, SysRootError> {
-        let real = self.resolve(rel)?;
+        let real = self.real_path(rel)?;
         let full = self.root.join(&real);
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&full).map_err(|e| self.read_error(&real, e))? {
@@ -234,6 +261,9 @@ impl SysRoot {
 
     /// Whether `rel` exists (following symlinks); recorded like any read.
     pub fn exists(&self, rel: &str) -> bool {
+        if self.live && self.record.is_none() {
+            return self.root.join(rel.trim_start_matches('/')).exists();
+        }
         match self.resolve(rel) {
             Ok(real) => {
                 let full = self.root.join(&real);

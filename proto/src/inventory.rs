@@ -33,6 +33,9 @@ pub struct Inventory {
     /// Block devices the OS sees (disks, NVMe namespaces), with partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_storage: Option<Vec<BlockDevice>>,
+    /// LLDP neighbours heard on each up interface, when the agent listened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lldp: Option<Vec<LldpNeighbor>>,
     /// RAID controllers and software RAID arrays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<Raid>,
@@ -453,4 +456,33 @@ pub struct Partition {
     /// Devices built on this partition.
     #[serde(default)]
     pub holders: Vec<String>,
+}
+
+/// What a switch port announced over LLDP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LldpNeighbor {
+    /// Our interface that heard it.
+    pub interface: String,
+    /// The neighbour's chassis id (a MAC address, network address or local name).
+    pub chassis_id: String,
+    /// The neighbour's port id (interface name, MAC or local id).
+    pub port_id: String,
+    /// Port description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_description: Option<String>,
+    /// System name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_name: Option<String>,
+    /// System description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_description: Option<String>,
+    /// Port VLAN id (IEEE 802.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Maximum frame size (IEEE 802.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Management address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_address: Option<String>,
 }

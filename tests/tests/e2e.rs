@@ -510,3 +510,121 @@ async fn a_lost_disk_reaches_the_controller_as_a_delta_stored_like_a_full_invent
         "only the registration sent everything: {counters}"
     );
 }
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct NetnsPair {
+    names: [String; 2],
+}
+
+impl NetnsPair {
+    fn ip(args: &[&str]) -> bool {
+        std::process::Command::new("ip")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// None when this machine does not let the test create namespaces (not root, no iproute2).
+    fn create(tag: &str) -> Option<(Self, [String; 2])> {
+        let pid = std::process::id();
+        let names = [format!("qs-{tag}-a-{pid}"), format!("qs-{tag}-b-{pid}")];
+        let links = [format!("qs{tag}a{pid}"), format!("qs{tag}b{pid}")];
+        if !Self::ip(&["netns", "add", &names[0]]) {
+            return None;
+        }
+        let pair = Self { names };
+        let ok = Self::ip(&["netns", "add", &pair.names[1]])
+            && Self::ip(&[
+                "link",
+                "add",
+                &links[0],
+                "netns",
+                &pair.names[0],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &links[1],
+                "netns",
+                &pair.names[1],
+            ])
+            && Self::ip(&["-n", &pair.names[0], "link", "set", &links[0], "up"])
+            && Self::ip(&["-n", &pair.names[1], "link", "set", &links[1], "up"]);
+        ok.then_some((pair, links))
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for name in &self.names {
+            Self::ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// Sends every frame of a pcap file out of an interface, over and over, for some seconds.
+const PCAP_SENDER: &str = r#"
+import socket, struct, sys, time
+path, iface, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+data = open(path, "rb").read()
+order = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+frames, off = [], 24
+while off + 16 <= len(data):
+    length = struct.unpack(order + "I", data[off + 8:off + 12])[0]
+    frames.append(data[off + 16:off + 16 + length])
+    off += 16 + length
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+end = time.time() + seconds
+while time.time() < end:
+    for frame in frames:
+        s.send(frame)
+    time.sleep(0.2)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lldp_frames_sent_over_a_veth_are_reported_by_the_agent() {
+    let Some((pair, links)) = NetnsPair::create("ll") else {
+        eprintln!("skipping: this machine does not let the test create network namespaces (needs root and iproute2)");
+        return;
+    };
+    // A capture from one switch (with two, the report is whichever spoke last).
+    let pcap = qs_tests::repo_root().join("inspectors/fixtures/shared/lldp/cisco-sg200.lldp.pcap");
+    let mut sender = tokio::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.names[1],
+            "python3",
+            "-c",
+            PCAP_SENDER,
+        ])
+        .arg(&pcap)
+        .args([links[1].as_str(), "8"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let agent = qs_tests::bin_dir().join("qs-agent");
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &pair.names[0]])
+        .arg(&agent)
+        .args(["inspect", "--only", "interfaces", "--lldp", "3"])
+        .output()
+        .await
+        .unwrap();
+    let _ = sender.kill().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inventory: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let neighbours = inventory["lldp"].as_array().unwrap();
+    assert_eq!(neighbours.len(), 1, "{inventory}");
+    let n = &neighbours[0];
+    assert_eq!(n["interface"], links[0].as_str());
+    assert_eq!(n["chassis_id"], "00:35:35:35:35:35");
+    assert_eq!(n["port_id"], "g1");
+    drop(pair);
+}
