@@ -628,3 +628,42 @@ async fn lldp_frames_sent_over_a_veth_are_reported_by_the_agent() {
     assert_eq!(n["port_id"], "g1");
     drop(pair);
 }
+
+fn run_script(path: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(path)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn hardware_truth_on_this_machine() {
+    let agent = qs_tests::bin_dir().join("qs-agent");
+    let script = qs_tests::repo_root().join("tests/hardware-truth");
+    let (ok, report) = run_script(&script, &["--agent", agent.to_str().unwrap()]);
+    assert!(ok, "{report}");
+    assert!(report.contains(", 0 disagreements"), "{report}");
+    assert!(
+        !report.contains("skipped pci") && !report.contains("skipped os_storage"),
+        "{report}"
+    );
+}
+
+#[test]
+fn hardware_truth_in_a_qemu_guest_with_known_hardware() {
+    let agent = qs_tests::bin_dir().join("qs-agent");
+    let script = qs_tests::repo_root().join("images/hardware-truth-check");
+    let (ok, report) = run_script(&script, &[agent.to_str().unwrap()]);
+    assert!(ok, "{report}");
+    // Disks, partitions, NICs, PCI functions, memory, CPU and every SMBIOS string.
+    assert!(
+        report.contains("92 fields compared, 0 disagreements"),
+        "{report}"
+    );
+}
