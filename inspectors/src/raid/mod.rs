@@ -92,6 +92,19 @@ pub fn size_bytes_decimal(text: &str) -> Option<u64> {
     scaled(text, 1000.0)
 }
 
+/// A capture with `insert` spliced in at (or just before) byte `at`: the mutation the
+/// parsers' proptests feed them.
+#[cfg(test)]
+pub(crate) fn spliced(capture: &str, at: usize, insert: &str) -> String {
+    let at = (0..=at.min(capture.len()))
+        .rev()
+        .find(|i| capture.is_char_boundary(*i))
+        .unwrap_or(0);
+    let mut text = capture.to_owned();
+    text.insert_str(at, insert);
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
