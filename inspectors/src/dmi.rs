@@ -4,11 +4,13 @@
 //! the system UUID is formatted as Linux formats it, so the MercuryId does not depend on which
 //! source a machine offers.
 
-use qs_proto::inventory::{Dmi, DmiSource};
+use qs_proto::inventory::{Dmi, DmiSource, MemoryDevice, Processor};
 use smbioslib::{
+    CoreCount, CoreCount2, MemorySize, MemorySizeExtended, MemorySpeed, ProcessorSpeed,
     SMBiosBaseboardInformation, SMBiosData, SMBiosEntryPoint32, SMBiosEntryPoint64,
-    SMBiosInformation, SMBiosSystemChassisInformation, SMBiosSystemInformation, SMBiosVersion,
-    SystemUuidData,
+    SMBiosInformation, SMBiosMemoryDevice, SMBiosProcessorInformation,
+    SMBiosSystemChassisInformation, SMBiosSystemInformation, SMBiosVersion, SystemUuidData,
+    ThreadCount, ThreadCount2,
 };
 
 use crate::{SysRoot, SysRootError};
@@ -78,6 +80,9 @@ fn from_sysfs(root: &SysRoot) -> Dmi {
         product_uuid: read("product_uuid").map(|u| u.to_ascii_lowercase()),
         product_version: read("product_version"),
         sys_vendor: read("sys_vendor"),
+        // The kernel's files say nothing about slots or sockets.
+        memory_devices: Vec::new(),
+        processors: Vec::new(),
     }
 }
 
@@ -144,6 +149,49 @@ pub fn from_tables(entry: Vec<u8>, table: Vec<u8>) -> Result<Dmi, DmiError> {
         dmi.board_serial = text(board.serial_number());
         dmi.board_asset_tag = text(board.asset_tag());
     }
+    dmi.memory_devices = data
+        .defined_struct_iter::<SMBiosMemoryDevice<'_>>()
+        .map(|d| MemoryDevice {
+            locator: text(d.device_locator()).unwrap_or_default(),
+            bank_locator: text(d.bank_locator()),
+            size: memory_size(&d),
+            memory_type: d
+                .memory_type()
+                .and_then(|t| memory_type_name(t.raw))
+                .map(str::to_owned),
+            speed: d.speed().and_then(mts),
+            configured_speed: d.configured_memory_speed().and_then(mts),
+            manufacturer: text(d.manufacturer()),
+            serial: text(d.serial_number()),
+            part_number: text(d.part_number()),
+        })
+        .collect();
+    dmi.processors = data
+        .defined_struct_iter::<SMBiosProcessorInformation<'_>>()
+        .map(|p| Processor {
+            socket: text(p.socket_designation()).unwrap_or_default(),
+            manufacturer: text(p.processor_manufacturer()),
+            version: text(p.processor_version()),
+            max_speed: p.max_speed().and_then(mhz),
+            current_speed: p.current_speed().and_then(mhz),
+            cores: match p.core_count() {
+                Some(CoreCount::Count(n)) => Some(u32::from(n)),
+                Some(CoreCount::SeeCoreCount2) => p.core_count_2().and_then(|c| match c {
+                    CoreCount2::Count(n) => Some(u32::from(n)),
+                    _ => None,
+                }),
+                _ => None,
+            },
+            threads: match p.thread_count() {
+                Some(ThreadCount::Count(n)) => Some(u32::from(n)),
+                Some(ThreadCount::SeeThreadCount2) => p.thread_count_2().and_then(|c| match c {
+                    ThreadCount2::Count(n) => Some(u32::from(n)),
+                    _ => None,
+                }),
+                _ => None,
+            },
+        })
+        .collect();
     if let Some(chassis) = data.first::<SMBiosSystemChassisInformation<'_>>() {
         dmi.chassis_vendor = text(chassis.manufacturer());
         dmi.chassis_version = text(chassis.version());
@@ -153,6 +201,59 @@ pub fn from_tables(entry: Vec<u8>, table: Vec<u8>) -> Result<Dmi, DmiError> {
         dmi.chassis_type = chassis.chassis_type().map(|t| (t.raw & 0x7f).to_string());
     }
     Ok(dmi)
+}
+
+fn memory_size(d: &SMBiosMemoryDevice<'_>) -> u64 {
+    const MIB: u64 = 1 << 20;
+    match d.size() {
+        Some(MemorySize::Kilobytes(k)) => u64::from(k) * 1024,
+        Some(MemorySize::Megabytes(m)) => u64::from(m) * MIB,
+        Some(MemorySize::SeeExtendedSize) => match d.extended_size() {
+            Some(MemorySizeExtended::Megabytes(m)) => u64::from(m) * MIB,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+fn mts(speed: MemorySpeed) -> Option<u32> {
+    match speed {
+        MemorySpeed::MTs(n) => Some(u32::from(n)),
+        _ => None,
+    }
+}
+
+fn mhz(speed: ProcessorSpeed) -> Option<u32> {
+    match speed {
+        ProcessorSpeed::MHz(n) => Some(u32::from(n)),
+        ProcessorSpeed::Unknown => None,
+    }
+}
+
+/// Memory type names as the SMBIOS specification (and dmidecode) words them.
+fn memory_type_name(raw: u8) -> Option<&'static str> {
+    Some(match raw {
+        0x01 => "Other",
+        0x03 => "DRAM",
+        0x07 => "RAM",
+        0x0f => "SDRAM",
+        0x12 => "DDR",
+        0x13 => "DDR2",
+        0x14 => "DDR2 FB-DIMM",
+        0x18 => "DDR3",
+        0x19 => "FBD2",
+        0x1a => "DDR4",
+        0x1b => "LPDDR",
+        0x1c => "LPDDR2",
+        0x1d => "LPDDR3",
+        0x1e => "LPDDR4",
+        0x1f => "Logical non-volatile device",
+        0x20 => "HBM",
+        0x21 => "HBM2",
+        0x22 => "DDR5",
+        0x23 => "LPDDR5",
+        _ => return None,
+    })
 }
 
 /// Formats a system UUID as Linux does (drivers/firmware/dmi_scan.c, `dmi_save_uuid`): absent

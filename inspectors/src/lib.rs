@@ -176,6 +176,15 @@ pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
         inventory.routes = finish(N::Routes, routes, &mut errors);
         inventory.raid = finish(N::Raid, raid, &mut errors);
     });
+    // Installed modules belong with memory too; the firmware is the only one that knows them.
+    if let (Some(mem), Some(dmi)) = (inventory.mem.as_mut(), inventory.dmi.as_ref()) {
+        mem.dimms = dmi
+            .memory_devices
+            .iter()
+            .filter(|d| d.size > 0)
+            .cloned()
+            .collect();
+    }
     inventory.errors = errors;
     inventory
 }
@@ -294,6 +303,44 @@ mod tests {
         );
         assert_eq!(dmi.chassis_type.as_deref(), Some("10"));
         assert_eq!(dmi.bios_release.as_deref(), Some("1.70"));
+        // Memory slots and the processor socket from the same table.
+        let dimms: Vec<(&str, u64, Option<&str>, Option<&str>)> = dmi
+            .memory_devices
+            .iter()
+            .map(|d| {
+                (
+                    d.locator.as_str(),
+                    d.size,
+                    d.memory_type.as_deref(),
+                    d.part_number.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            dimms,
+            vec![
+                (
+                    "ChannelA-DIMM0",
+                    8 << 30,
+                    Some("DDR4"),
+                    Some("M471A1K43BB1-CTD")
+                ),
+                (
+                    "ChannelB-DIMM0",
+                    32 << 30,
+                    Some("DDR4"),
+                    Some("M471A4G43MB1-CTD")
+                ),
+            ]
+        );
+        assert_eq!(dmi.memory_devices[1].speed, Some(2667));
+        assert_eq!(dmi.memory_devices[1].configured_speed, Some(2400));
+        let cpu = &dmi.processors[0];
+        assert_eq!(
+            cpu.version.as_deref(),
+            Some("Intel(R) Core(TM) i7-8565U CPU @ 1.80GHz")
+        );
+        assert_eq!((cpu.cores, cpu.threads), (Some(4), Some(8)));
         assert_eq!(
             id(&host("lenovo-thinkpad-t490")),
             "0197846478a4254d7bc5ca3ccce4bcb1f4b83ad61d"
@@ -331,8 +378,18 @@ mod tests {
                 .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
                 .to_vec()
         );
-        let mem = inv.mem.unwrap().total;
-        assert!(mem > 900 << 20 && mem <= 1 << 30, "{mem}");
+        let mem = inv.mem.unwrap();
+        assert!(
+            mem.total > 900 << 20 && mem.total <= 1 << 30,
+            "{}",
+            mem.total
+        );
+        // QEMU's one memory device, joined into mem from the SMBIOS tables.
+        assert_eq!(mem.dimms.len(), 1);
+        assert_eq!(
+            (mem.dimms[0].locator.as_str(), mem.dimms[0].size),
+            ("DIMM 0", 1 << 30)
+        );
         // The disks' controllers: AHCI (SATA), NVMe, virtio-blk, and the e1000e NIC.
         let drivers: Vec<String> = inv
             .pci

@@ -44,6 +44,7 @@ pub fn parse_meminfo(text: &str) -> Result<Mem, MemError> {
     Ok(Mem {
         total: field("MemTotal").ok_or(MemError::Missing { field: "MemTotal" })?,
         swap_total: field("SwapTotal").unwrap_or(0),
+        dimms: Vec::new(),
     })
 }
 

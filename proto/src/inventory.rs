@@ -114,6 +114,67 @@ pub struct Dmi {
     pub product_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sys_vendor: Option<String>,
+    /// Memory slots (SMBIOS type 17), installed or empty; raw tables only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_devices: Vec<MemoryDevice>,
+    /// Processor sockets (SMBIOS type 4); raw tables only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<Processor>,
+}
+
+/// A memory slot and the module in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryDevice {
+    /// Slot name on the board, e.g. `DIMM_A1`.
+    pub locator: String,
+    /// Bank name, when the firmware gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_locator: Option<String>,
+    /// Module size in bytes; 0 for an empty slot.
+    pub size: u64,
+    /// Memory type, e.g. `DDR4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_type: Option<String>,
+    /// Rated speed in MT/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<u32>,
+    /// Configured speed in MT/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_speed: Option<u32>,
+    /// Module manufacturer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Module serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Module part number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_number: Option<String>,
+}
+
+/// A processor socket as the firmware describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Processor {
+    /// Socket name, e.g. `CPU1`.
+    pub socket: String,
+    /// Manufacturer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Model string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Maximum speed in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_speed: Option<u32>,
+    /// Current speed in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_speed: Option<u32>,
+    /// Cores in this socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// Threads in this socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 /// Processors, from `/proc/cpuinfo`.
@@ -144,6 +205,9 @@ pub struct Mem {
     /// Swap configured (SwapTotal).
     #[serde(default)]
     pub swap_total: u64,
+    /// Installed memory modules, from the `dmi` inspector's SMBIOS memory devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dimms: Vec<MemoryDevice>,
 }
 
 /// One network interface, from `/sys/class/net`.
