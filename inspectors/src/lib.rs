@@ -276,6 +276,10 @@ mod tests {
             ifaces[1..].iter().all(|i| !i.physical),
             "ifb and lo have no device"
         );
+        assert_eq!(cpu.caches.len(), 4);
+        assert_eq!(cpu.caches[3].size, 32 << 20);
+        let mem = inv.mem.as_ref().unwrap();
+        assert_eq!(mem.hugepage_size, Some(2 << 20));
         let routes = inv.routes.unwrap();
         assert_eq!(routes.default_gateway.as_deref(), Some("192.0.2.1"));
         assert_eq!(routes.default_gateway6.as_deref(), Some("fd00::1"));
@@ -384,6 +388,23 @@ mod tests {
             "{}",
             mem.total
         );
+        // Two NUMA nodes of half the memory each (a little reserved by the firmware and kernel).
+        let cpu_nodes: Vec<(u32, &str)> = cpu
+            .numa_nodes
+            .iter()
+            .map(|n| (n.id, n.cpus.as_str()))
+            .collect();
+        assert_eq!(cpu_nodes, vec![(0, "0"), (1, "1")]);
+        assert_eq!(mem.numa_nodes.len(), 2);
+        assert!(mem
+            .numa_nodes
+            .iter()
+            .all(|n| n.total > 400 << 20 && n.total <= 512 << 20));
+        assert_eq!(
+            mem.numa_nodes.iter().map(|n| n.total).sum::<u64>(),
+            mem.total
+        );
+        assert_eq!(cpu.caches.iter().map(|c| c.level).max(), Some(3));
         // QEMU's one memory device, joined into mem from the SMBIOS tables.
         assert_eq!(mem.dimms.len(), 1);
         assert_eq!(

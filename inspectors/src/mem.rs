@@ -1,6 +1,6 @@
 //! Memory totals from `/proc/meminfo`.
 
-use qs_proto::inventory::Mem;
+use qs_proto::inventory::{Mem, MemNumaNode};
 
 use crate::{SysRoot, SysRootError};
 
@@ -20,30 +20,54 @@ pub enum MemError {
 
 /// Reads memory totals.
 pub fn inspect(root: &SysRoot) -> Result<Mem, MemError> {
-    parse_meminfo(&root.read_to_string("proc/meminfo")?)
+    let mut mem = parse_meminfo(&root.read_to_string("proc/meminfo")?)?;
+    // Machines without NUMA (or kernels without it) have no node directories: no per-node list.
+    for node in root.read_dir(NODES).unwrap_or_default() {
+        let Some(id) = node.strip_prefix("node").and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(total) = root
+            .read_to_string(&format!("{NODES}/{node}/meminfo"))
+            .ok()
+            .and_then(|text| meminfo_field(&text, "MemTotal"))
+        {
+            mem.numa_nodes.push(MemNumaNode { id, total });
+        }
+    }
+    mem.numa_nodes.sort_by_key(|n| n.id);
+    Ok(mem)
+}
+
+const NODES: &str = "sys/devices/system/node";
+
+/// One `Name: value [kB]` field of a meminfo file, in bytes. Per-node files prefix each line
+/// with `Node N`, which is ignored.
+fn meminfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, rest) = line.split_once(':')?;
+        if key.split_whitespace().last()? != name {
+            return None;
+        }
+        let mut parts = rest.split_whitespace();
+        let value: u64 = parts.next()?.parse().ok()?;
+        let scale = match parts.next() {
+            Some("kB") => 1024,
+            None => 1,
+            Some(_) => return None,
+        };
+        value.checked_mul(scale)
+    })
 }
 
 /// Parses `/proc/meminfo`; sizes are kB there and bytes here.
 pub fn parse_meminfo(text: &str) -> Result<Mem, MemError> {
-    let field = |name: &'static str| -> Option<u64> {
-        text.lines().find_map(|line| {
-            let (key, rest) = line.split_once(':')?;
-            if key.trim() != name {
-                return None;
-            }
-            let mut parts = rest.split_whitespace();
-            let value: u64 = parts.next()?.parse().ok()?;
-            let scale = match parts.next() {
-                Some("kB") => 1024,
-                None => 1,
-                Some(_) => return None,
-            };
-            value.checked_mul(scale)
-        })
-    };
+    let field = |name: &str| meminfo_field(text, name);
     Ok(Mem {
         total: field("MemTotal").ok_or(MemError::Missing { field: "MemTotal" })?,
         swap_total: field("SwapTotal").unwrap_or(0),
+        numa_nodes: Vec::new(),
+        hugepages: field("HugePages_Total").unwrap_or(0),
+        hugepage_size: field("Hugepagesize"),
         dimms: Vec::new(),
     })
 }
@@ -52,6 +76,19 @@ pub fn parse_meminfo(text: &str) -> Result<Mem, MemError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn per_node_lines_and_hugepages() {
+        assert_eq!(
+            meminfo_field("Node 1 MemTotal:  1024 kB\n", "MemTotal"),
+            Some(1 << 20)
+        );
+        let m = parse_meminfo(
+            "MemTotal: 4 kB\nHugePages_Total:      16\nHugepagesize:       2048 kB\n",
+        )
+        .unwrap();
+        assert_eq!((m.hugepages, m.hugepage_size), (16, Some(2 << 20)));
+    }
 
     #[test]
     fn parses_kilobytes_into_bytes() {

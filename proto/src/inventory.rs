@@ -195,6 +195,42 @@ pub struct Cpu {
     /// Feature flags of the first processor, sorted.
     #[serde(default)]
     pub flags: Vec<String>,
+    /// Highest frequency the kernel may run the first CPU at, in MHz (cpufreq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mhz: Option<u32>,
+    /// Lowest frequency, in MHz (cpufreq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_mhz: Option<u32>,
+    /// The first CPU's caches, by level and type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<CpuCache>,
+    /// NUMA nodes and their CPUs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numa_nodes: Vec<CpuNumaNode>,
+}
+
+/// One cache as the first CPU sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuCache {
+    /// 1, 2, 3 …
+    pub level: u32,
+    /// `Data`, `Instruction` or `Unified`.
+    #[serde(rename = "type")]
+    pub cache_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CPUs sharing it (kernel list syntax, e.g. `0-15`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_cpus: Option<String>,
+}
+
+/// A NUMA node's CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuNumaNode {
+    /// Node number.
+    pub id: u32,
+    /// Its CPUs (kernel list syntax, e.g. `0-15,32-47`).
+    pub cpus: String,
 }
 
 /// Memory, from `/proc/meminfo`; sizes in bytes.
@@ -205,6 +241,15 @@ pub struct Mem {
     /// Swap configured (SwapTotal).
     #[serde(default)]
     pub swap_total: u64,
+    /// Memory per NUMA node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numa_nodes: Vec<MemNumaNode>,
+    /// Huge pages reserved (HugePages_Total), of `hugepage_size` bytes each.
+    #[serde(default)]
+    pub hugepages: u64,
+    /// Default huge page size in bytes (Hugepagesize).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepage_size: Option<u64>,
     /// Installed memory modules, from the `dmi` inspector's SMBIOS memory devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dimms: Vec<MemoryDevice>,
@@ -549,4 +594,13 @@ pub struct LldpNeighbor {
     /// Management address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management_address: Option<String>,
+}
+
+/// A NUMA node's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemNumaNode {
+    /// Node number.
+    pub id: u32,
+    /// Memory on the node, in bytes.
+    pub total: u64,
 }

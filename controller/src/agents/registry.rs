@@ -206,28 +206,45 @@ impl Registry {
     pub async fn sweep(&self) -> Result<(), RegistryError> {
         let now = OffsetDateTime::now_utc();
         let mut writes = Vec::new();
-        let mut went_offline = HashSet::new();
+        let mut going_offline = HashSet::new();
         {
             let mut agents = self.lock();
             for (id, entry) in agents.iter_mut() {
                 let silent = now - entry.record.last_seen > self.timeout;
                 if entry.record.online && silent {
-                    entry.record.online = false;
-                    entry.session = None;
-                    entry.dirty = true;
-                    went_offline.insert(id.clone());
-                }
-                if entry.dirty {
+                    let mut record = entry.record.clone();
+                    record.online = false;
+                    going_offline.insert(id.clone());
+                    entry.dirty = false;
+                    writes.push((id.clone(), record));
+                } else if entry.dirty {
                     entry.dirty = false;
                     writes.push((id.clone(), entry.record.clone()));
                 }
             }
         }
-        for (id, record) in writes {
-            if went_offline.contains(&id) {
+        // The store first, then memory: a listing never shows what the documents do not.
+        for (id, record) in &writes {
+            if going_offline.contains(id) {
                 warn!(mercury_id = %id, last_seen = %record.last_seen, "agent offline: heartbeats stopped");
             }
-            self.persist(&id, &record).await?;
+            self.persist(id, record).await?;
+        }
+        let mut agents = self.lock();
+        for (id, record) in writes {
+            let Some(entry) = agents.get_mut(&id) else {
+                continue;
+            };
+            if !going_offline.contains(&id) {
+                continue;
+            }
+            if entry.record.last_seen == record.last_seen {
+                entry.record.online = false;
+                entry.session = None;
+            } else {
+                // It spoke while we wrote "offline": the next sweep writes it back online.
+                entry.dirty = true;
+            }
         }
         Ok(())
     }
