@@ -2,7 +2,7 @@
 //! PCI addresses (of the device or its nearest PCI ancestor), `dev_port`, and whether the
 //! firmware labels the device onboard.
 
-use qs_proto::inventory::Interface;
+use qs_proto::inventory::{Bond, Interface, Vlan};
 
 use crate::{SysRoot, SysRootError};
 
@@ -23,14 +23,65 @@ pub enum InterfacesError {
 pub fn inspect(root: &SysRoot) -> Result<Vec<Interface>, InterfacesError> {
     let names = root.read_dir(NET).map_err(InterfacesError::List)?;
     let mut addresses = root.addresses().map_err(InterfacesError::Addresses)?;
+    // No 8021q module (or no VLANs): no VLAN table.
+    let mut vlans = root
+        .read_to_string("proc/net/vlan/config")
+        .map(|t| parse_vlan_config(&t))
+        .unwrap_or_default();
     Ok(names
         .into_iter()
+        // The bonding driver adds a control file (`bonding_masters`) beside the interfaces.
+        .filter(|name| root.exists(&format!("{NET}/{name}/uevent")))
         .map(|name| {
             let mut iface = inspect_one(root, &name);
             iface.addresses = addresses.remove(&name).unwrap_or_default();
+            iface.vlan = vlans.remove(&name);
             iface
         })
         .collect())
+}
+
+/// `/proc/net/vlan/config`: two header lines, then `name | id | parent`.
+pub fn parse_vlan_config(text: &str) -> std::collections::BTreeMap<String, Vlan> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let mut fields = line.split('|').map(str::trim);
+            let (name, id, parent) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((
+                name.to_owned(),
+                Vlan {
+                    id: id.parse().ok()?,
+                    parent: parent.to_owned(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The kernel's device type from the interface's `uevent` (`DEVTYPE=bond`).
+fn kind(root: &SysRoot, dir: &str) -> Option<String> {
+    let uevent = root.read_to_string(&format!("{dir}/uevent")).ok()?;
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVTYPE="))
+        .map(str::to_owned)
+}
+
+fn bond(root: &SysRoot, dir: &str) -> Option<Bond> {
+    let mode = root.read_trimmed(&format!("{dir}/bonding/mode")).ok()?;
+    let slaves = root
+        .read_trimmed(&format!("{dir}/bonding/slaves"))
+        .unwrap_or_default();
+    Some(Bond {
+        // "802.3ad 4": the name, then the number.
+        mode: mode
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        slaves: slaves.split_whitespace().map(str::to_owned).collect(),
+    })
 }
 
 fn inspect_one(root: &SysRoot, name: &str) -> Interface {
@@ -85,6 +136,13 @@ fn inspect_one(root: &SysRoot, name: &str) -> Interface {
         physical,
         onboard,
         addresses: Vec::new(),
+        kind: kind(root, &dir),
+        master: root
+            .read_link(&format!("{dir}/master"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned())),
+        bond: bond(root, &dir),
+        vlan: None,
     }
 }
 
@@ -109,6 +167,20 @@ pub fn nearest_pci_address(device_path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vlan_table() {
+        let text = "VLAN Dev name    | VLAN ID\nName-Type: VLAN_NAME_TYPE_RAW_PLUS_VID_NO_PAD\nbond0.42       | 42  | bond0\n";
+        let vlans = parse_vlan_config(text);
+        assert_eq!(
+            vlans.get("bond0.42"),
+            Some(&Vlan {
+                id: 42,
+                parent: "bond0".into()
+            })
+        );
+        assert!(parse_vlan_config("garbage").is_empty());
+    }
 
     #[test]
     fn finds_the_nearest_pci_ancestor() {

@@ -360,12 +360,14 @@ mod tests {
         assert_eq!(cpu.threads, 2);
         let nics: Vec<(String, String, String)> = inv
             .interfaces
+            .clone()
             .unwrap()
             .into_iter()
             .filter(|i| i.physical)
             .map(|i| {
                 (
-                    i.address.unwrap_or_default(),
+                    // eth1 carries the bond's MAC now; its own survives as the permanent one.
+                    i.permanent_address.or(i.address).unwrap_or_default(),
                     i.driver.unwrap_or_default(),
                     i.pci_address.unwrap_or_default(),
                 )
@@ -382,6 +384,26 @@ mod tests {
                 .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
                 .to_vec()
         );
+        // The bond and VLAN that images/payloads/network-layout made.
+        let ifaces = inv.interfaces.clone().unwrap();
+        let bond0 = ifaces.iter().find(|i| i.name == "bond0").unwrap();
+        assert_eq!(bond0.kind.as_deref(), Some("bond"));
+        let bond = bond0.bond.as_ref().unwrap();
+        assert_eq!(bond.mode, "active-backup");
+        assert_eq!(bond.slaves, vec!["eth0", "eth1"]);
+        let vlan = ifaces.iter().find(|i| i.name == "bond0.42").unwrap();
+        let tag = qs_proto::inventory::Vlan {
+            id: 42,
+            parent: "bond0".into(),
+        };
+        assert_eq!(vlan.vlan, Some(tag));
+        let enslaved: Vec<&str> = ifaces
+            .iter()
+            .filter(|i| i.master.as_deref() == Some("bond0"))
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(enslaved, vec!["eth0", "eth1"]);
+        assert!(!ifaces.iter().any(|i| i.name == "bonding_masters"));
         let mem = inv.mem.unwrap();
         assert!(
             mem.total > 900 << 20 && mem.total <= 1 << 30,

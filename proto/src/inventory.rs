@@ -294,6 +294,37 @@ pub struct Interface {
     /// IP addresses with prefix length, e.g. `10.0.0.5/24`.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Kernel device type of a virtual interface (`bond`, `bridge`, `vlan` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The bond or bridge this interface is enslaved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Bonding settings, for a bond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<Bond>,
+    /// VLAN settings, for a VLAN interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<Vlan>,
+}
+
+/// A bond's mode and members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bond {
+    /// Bonding mode, e.g. `802.3ad`, `active-backup`.
+    pub mode: String,
+    /// Member interfaces.
+    #[serde(default)]
+    pub slaves: Vec<String>,
+}
+
+/// A VLAN interface's tag and parent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vlan {
+    /// 802.1Q VLAN id.
+    pub id: u16,
+    /// The interface it is stacked on.
+    pub parent: String,
 }
 
 /// RAID: hardware controllers (storcli, ssacli) and Linux software RAID (md).

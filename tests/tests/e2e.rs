@@ -661,9 +661,10 @@ fn hardware_truth_in_a_qemu_guest_with_known_hardware() {
     let script = qs_tests::repo_root().join("images/hardware-truth-check");
     let (ok, report) = run_script(&script, &[agent.to_str().unwrap()]);
     assert!(ok, "{report}");
-    // Disks, partitions, NICs, PCI functions, memory, CPU and every SMBIOS string.
+    // Disks, partitions, NICs with the bond and VLAN, PCI functions, memory, CPU and every
+    // SMBIOS string.
     assert!(
-        report.contains("92 fields compared, 0 disagreements"),
+        report.contains("98 fields compared, 0 disagreements"),
         "{report}"
     );
 }
