@@ -21,6 +21,7 @@ pub mod os_storage;
 pub mod pci;
 pub mod raid;
 pub mod routes;
+pub mod smart;
 pub mod sysroot;
 
 use std::fmt;
@@ -467,6 +468,14 @@ mod tests {
         assert_eq!(disks, want);
         let sda = &storage[1];
         assert_eq!(sda.partitions.len(), 2);
+        // QEMU's SATA and NVMe drives answer smartctl; virtio has no SMART.
+        let smart = sda.smart.as_ref().unwrap();
+        assert_eq!(
+            (smart.passed, smart.firmware.as_deref()),
+            (Some(true), Some("2.5+"))
+        );
+        assert_eq!(storage[0].smart.as_ref().unwrap().percentage_used, Some(0));
+        assert_eq!(storage[2].smart.as_ref().unwrap().passed, None);
         assert_eq!(sda.partitions[0].size, 512 << 20);
         assert_eq!(sda.partitions[1].holders, vec!["md0"]);
         assert_eq!(storage[2].holders, vec!["md0"]);

@@ -32,7 +32,38 @@ pub fn inspect(root: &SysRoot) -> Result<Vec<BlockDevice>, StorageError> {
         }
         devices.push(inspect_one(root, &name, &dir, &real.to_string_lossy()));
     }
+    // smartctl takes a moment per drive: ask every drive at once.
+    let names: Vec<String> = devices.iter().map(|d| d.name.clone()).collect();
+    let health: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = names.iter().map(|n| s.spawn(|| smart(root, n))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    for (device, smart) in devices.iter_mut().zip(health) {
+        device.smart = smart;
+    }
     Ok(devices)
+}
+
+/// A drive's health, when smartctl is installed and can read the drive.
+fn smart(root: &SysRoot, name: &str) -> Option<qs_proto::inventory::Smart> {
+    let device = format!("/dev/{name}");
+    match root.run("smartctl", &["-j", "-a", &device]) {
+        Ok(Some(json)) => match crate::smart::parse(&json) {
+            Ok(smart) => Some(smart),
+            Err(error) => {
+                tracing::warn!(device, error = %error, "unusable smartctl output");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(error) => {
+            tracing::debug!(device, error = %error, "smartctl could not read the drive");
+            None
+        }
+    }
 }
 
 fn number<T: std::str::FromStr>(root: &SysRoot, path: &str) -> Option<T> {
@@ -122,6 +153,7 @@ fn inspect_one(root: &SysRoot, name: &str, dir: &str, real: &str) -> BlockDevice
         transport: transport(real).map(str::to_owned),
         partitions,
         holders: holders(root, dir),
+        smart: None,
     }
 }
 

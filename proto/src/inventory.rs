@@ -580,6 +580,32 @@ pub struct BlockDevice {
     /// Devices built on this one (md arrays, device-mapper), from `holders/`.
     #[serde(default)]
     pub holders: Vec<String>,
+    /// Health from `smartctl -j -a`, when smartctl is installed and the device answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart: Option<Smart>,
+}
+
+/// A drive's health as smartctl reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Smart {
+    /// The drive's overall self-assessment passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Temperature in °C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<i64>,
+    /// Hours powered on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_on_hours: Option<u64>,
+    /// Firmware version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// NVMe endurance used, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage_used: Option<u64>,
+    /// smartctl's exit status bits (non-zero: something smartctl wants an operator to see).
+    #[serde(default)]
+    pub exit_status: u64,
 }
 
 /// A partition of a block device.
