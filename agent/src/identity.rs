@@ -4,8 +4,15 @@ use qs_inspectors::{InspectorName, SysRoot};
 use qs_proto::inventory::Inventory;
 use qs_proto::mercury_id::{self, Derivation, NoMercuryId};
 
-/// Runs the inspectors and fills in `mercury_id` when one can be derived.
+/// Runs the inspectors, slow facts included, and fills in `mercury_id` when one can be derived.
 pub fn inspect(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
+    let mut inventory = inspect_quickly(root, only);
+    qs_inspectors::add_slow_facts(root, &mut inventory);
+    inventory
+}
+
+/// Like [`inspect`] without the slow facts (SMART), to register without waiting for them.
+pub fn inspect_quickly(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
     let mut inventory = qs_inspectors::run_all(root, only);
     if let Ok(derivation) = derive(&inventory) {
         inventory.mercury_id = Some(derivation.id.to_string());

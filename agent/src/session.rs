@@ -90,6 +90,8 @@ struct Agent {
     exclusive: Mutex<()>,
     /// The LLDP neighbours last heard, when listening.
     lldp: watch::Receiver<Option<Value>>,
+    /// The full inventory, slow facts included, once the background pass has it.
+    slow: watch::Receiver<Option<Value>>,
 }
 
 /// Why a session ended (the controller went away or stopped answering).
@@ -110,6 +112,7 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
         inventory: Mutex::new(SentInventory::new(inventory)),
         exclusive: Mutex::new(()),
         lldp: spawn_lldp_listener(&config),
+        slow: spawn_slow_inspection(&config),
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -135,6 +138,24 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Inspects once more with the slow facts (SMART) after start-up, so registration never waits.
+fn spawn_slow_inspection(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
+    let (tx, rx) = watch::channel(None);
+    let root = config.root.clone();
+    tokio::spawn(async move {
+        match tokio::task::spawn_blocking(move || identity::inspect(&root, None)).await {
+            Ok(inventory) => match serde_json::to_value(&inventory) {
+                Ok(doc) => {
+                    let _ = tx.send(Some(doc));
+                }
+                Err(error) => warn!(error = %error, "full inventory is not serialisable"),
+            },
+            Err(error) => warn!(error = %error, "slow inspection panicked"),
+        }
+    });
+    rx
 }
 
 /// How long to wait between LLDP listening windows: switches announce every 30 s, and
@@ -186,7 +207,7 @@ async fn inspect_until_identified(
 ) -> anyhow::Result<(serde_json::Value, MercuryId)> {
     loop {
         let r = root.clone();
-        let inventory = tokio::task::spawn_blocking(move || identity::inspect(&r, None))
+        let inventory = tokio::task::spawn_blocking(move || identity::inspect_quickly(&r, None))
             .await
             .context("inspection panicked")?;
         match identity::derive(&inventory) {
@@ -314,6 +335,8 @@ async fn serve(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lldp = agent.lldp.clone();
     let mut lldp_open = true;
+    let mut slow = agent.slow.clone();
+    let mut slow_open = true;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -328,6 +351,16 @@ async fn serve(
                     return Ok(SessionEnd::Lost(format!("controller silent for {silence:?}")));
                 }
                 send(outbox, Envelope::new(ids.next(), Body::Heartbeat(Heartbeat {}))).await?;
+            }
+            changed = slow.changed(), if slow_open && registering.is_none() => {
+                if changed.is_err() {
+                    slow_open = false;
+                    continue;
+                }
+                let full = slow.borrow_and_update().clone();
+                if let Some(full) = full {
+                    refresh_inventory(agent, &full, outbox, ids.next()).await;
+                }
             }
             changed = lldp.changed(), if lldp_open && registering.is_none() => {
                 if changed.is_err() {

@@ -32,7 +32,13 @@ pub fn inspect(root: &SysRoot) -> Result<Vec<BlockDevice>, StorageError> {
         }
         devices.push(inspect_one(root, &name, &dir, &real.to_string_lossy()));
     }
-    // smartctl takes a moment per drive: ask every drive at once.
+    Ok(devices)
+}
+
+/// Adds SMART health to each device. It is slow (smartctl takes a moment per drive, longer
+/// for a sick one), so it is its own pass that callers run after the quick inventory.
+pub fn add_smart(root: &SysRoot, devices: &mut [BlockDevice]) {
+    // Ask every drive at once.
     let names: Vec<String> = devices.iter().map(|d| d.name.clone()).collect();
     let health: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = names.iter().map(|n| s.spawn(|| smart(root, n))).collect();
@@ -44,7 +50,6 @@ pub fn inspect(root: &SysRoot) -> Result<Vec<BlockDevice>, StorageError> {
     for (device, smart) in devices.iter_mut().zip(health) {
         device.smart = smart;
     }
-    Ok(devices)
 }
 
 /// A drive's health, when smartctl is installed and can read the drive.

@@ -470,6 +470,18 @@ async fn a_lost_disk_reaches_the_controller_as_a_delta_stored_like_a_full_invent
     let agent = Agent::start(&controller.agents, host.path()).await.unwrap();
     wait_online(&controller, std::slice::from_ref(&agent.mercury_id)).await;
 
+    // After registering with the quick inventory, the agent sends SMART health as a delta.
+    let deltas = wait_until("slow facts sent as a delta", WAIT, || async {
+        let (_, counters) = controller.get("/api/v1/counters").await?;
+        let (_, doc) = controller
+            .get(&format!("/api/v1/inventory/{}", agent.mercury_id))
+            .await?;
+        let has_smart = doc["os_storage"][0]["smart"]["passed"] == true;
+        Ok(has_smart.then(|| counters["inventory_deltas"].as_u64().unwrap_or(0)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(deltas, 1);
     std::fs::remove_file(host.path().join("sys/block/nvme0n1")).unwrap();
     let (status, body) = controller
         .post(
@@ -491,7 +503,7 @@ async fn a_lost_disk_reaches_the_controller_as_a_delta_stored_like_a_full_invent
 
     let stored = wait_until("delta applied", WAIT, || async {
         let (_, counters) = controller.get("/api/v1/counters").await?;
-        if counters["inventory_deltas"] != 1 {
+        if counters["inventory_deltas"] != deltas + 1 {
             return Ok(None);
         }
         let (_, doc) = controller
