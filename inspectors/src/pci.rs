@@ -102,39 +102,46 @@ fn inspect_one(root: &SysRoot, address: &str) -> Result<PciDevice, PciError> {
 
 /// Vendor and device names for the wanted (vendor, device) ids from pci.ids text.
 ///
-/// The database is large (about 1.3 MB) and a machine has a handful of vendors, so each
-/// vendor's block is found by a direct search instead of parsing every line.
+/// The database is large (about 1.3 MB) and a machine has a handful of vendors: one pass over
+/// the lines, looking only at vendor lines until a wanted vendor's block starts.
 pub fn parse_pci_ids(
     text: &str,
     wanted: &BTreeSet<(String, String)>,
 ) -> BTreeMap<(String, String), (String, Option<String>)> {
+    let vendors: BTreeSet<&[u8]> = wanted.iter().map(|(v, _)| v.as_bytes()).collect();
     let mut names = BTreeMap::new();
-    let vendors: BTreeSet<&str> = wanted.iter().map(|(v, _)| v.as_str()).collect();
-    for vendor_id in vendors {
-        let Some(at) = text.find(&format!("\n{vendor_id}  ")) else {
-            continue;
-        };
-        let mut lines = text[at + 1..].lines();
-        let Some(vendor_name) = lines
-            .next()
-            .and_then(|l| l.split_once("  "))
-            .map(|(_, n)| n.trim().to_owned())
-        else {
-            continue;
-        };
-        for (v, d) in wanted.iter().filter(|(v, _)| v == vendor_id) {
-            names.insert((v.clone(), d.clone()), (vendor_name.clone(), None));
-        }
-        // The vendor's devices follow, one tab deep (subsystems two tabs), until the next vendor.
-        for line in lines.take_while(|l| l.starts_with('\t') || l.starts_with('#') || l.is_empty())
-        {
-            if line.starts_with("\t\t") || !line.starts_with('\t') {
-                continue;
+    let mut current: Option<(&str, String)> = None;
+    for line in text.split('\n') {
+        let bytes = line.as_bytes();
+        match bytes.first() {
+            Some(b'\t') => {
+                let Some((vendor_id, vendor_name)) = &current else {
+                    continue;
+                };
+                if bytes.get(1) == Some(&b'\t') {
+                    continue;
+                }
+                if let Some((id, name)) = line[1..].split_once("  ") {
+                    let key = ((*vendor_id).to_owned(), id.to_owned());
+                    if wanted.contains(&key) {
+                        names.insert(key, (vendor_name.clone(), Some(name.trim().to_owned())));
+                    }
+                }
             }
-            if let Some((id, name)) = line.trim_start().split_once("  ") {
-                let key = (vendor_id.to_owned(), id.to_owned());
-                if wanted.contains(&key) {
-                    names.insert(key, (vendor_name.clone(), Some(name.trim().to_owned())));
+            Some(b'#') | None => {}
+            // The class list follows the last vendor.
+            Some(b'C') if bytes.get(1) == Some(&b' ') => break,
+            Some(_) => {
+                current = None;
+                if bytes.len() > 6 && vendors.contains(&bytes[..4]) && &bytes[4..6] == b"  " {
+                    let id = &line[..4];
+                    let name = line[6..].trim().to_owned();
+                    for (v, d) in wanted.iter().filter(|(v, _)| v == id) {
+                        names
+                            .entry((v.clone(), d.clone()))
+                            .or_insert((name.clone(), None));
+                    }
+                    current = Some((id, name));
                 }
             }
         }
