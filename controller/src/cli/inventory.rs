@@ -101,12 +101,7 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
             let columns = columns(projection.as_ref());
             let rows: Vec<Vec<String>> = docs
                 .iter()
-                .map(|d| {
-                    columns
-                        .iter()
-                        .map(|c| table::cell(table::lookup(d, c)))
-                        .collect()
-                })
+                .map(|d| columns.iter().map(|c| table::cell_at(d, c)).collect())
                 .collect();
             let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
             print!("{}", table::render(&headers, &rows));

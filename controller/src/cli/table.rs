@@ -44,13 +44,39 @@ pub fn cell(value: Option<&Value>) -> String {
     }
 }
 
-/// Follows a dotted path through objects (and array indexes).
-pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(doc, |v, key| match v {
-        Value::Object(map) => map.get(key),
-        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
+/// Follows a dotted path as queries do: through objects, by index into arrays, and into every
+/// element of an array of objects (`os_storage.name` is every disk's name).
+pub fn lookup<'a>(doc: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut current = vec![doc];
+    for key in path.split('.') {
+        current = current
+            .into_iter()
+            .flat_map(|v| -> Vec<&Value> {
+                match v {
+                    Value::Object(map) => map.get(key).into_iter().collect(),
+                    Value::Array(items) => match key.parse::<usize>() {
+                        Ok(i) => items.get(i).into_iter().collect(),
+                        Err(_) => items.iter().filter_map(|item| item.get(key)).collect(),
+                    },
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+    }
+    current
+}
+
+/// The values at a path as one cell.
+pub fn cell_at(doc: &Value, path: &str) -> String {
+    match lookup(doc, path).as_slice() {
+        [] => cell(None),
+        [one] => cell(Some(one)),
+        many => many
+            .iter()
+            .map(|v| cell(Some(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 /// Every leaf of a document as `(path, value)` pairs, keys in sorted order.
@@ -105,6 +131,9 @@ mod tests {
                 ("l.0.n".into(), "x".into())
             ]
         );
-        assert_eq!(lookup(&doc, "l.0.n"), Some(&json!("x")));
+        assert_eq!(lookup(&doc, "l.0.n"), vec![&json!("x")]);
+        let disks = json!({"os_storage": [{"name": "sda"}, {"name": "vda"}]});
+        assert_eq!(cell_at(&disks, "os_storage.name"), "sda,vda");
+        assert_eq!(cell_at(&disks, "os_storage.size"), "-");
     }
 }
