@@ -7,6 +7,7 @@
 //! The agent ships in the boot image, so it links no HTTP server or database client.
 
 pub mod backoff;
+pub mod hotplug;
 pub mod identity;
 pub mod sent_inventory;
 pub mod session;

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::backoff::Backoff;
+use crate::hotplug;
 use crate::identity;
 use crate::sent_inventory::SentInventory;
 
@@ -90,7 +91,7 @@ struct Agent {
     exclusive: Mutex<()>,
     /// The LLDP neighbours last heard, when listening.
     lldp: watch::Receiver<Option<Value>>,
-    /// The full inventory, slow facts included, once the background pass has it.
+    /// The latest full inventory from the background inspections (slow facts, hotplug).
     slow: watch::Receiver<Option<Value>>,
 }
 
@@ -112,7 +113,7 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
         inventory: Mutex::new(SentInventory::new(inventory)),
         exclusive: Mutex::new(()),
         lldp: spawn_lldp_listener(&config),
-        slow: spawn_slow_inspection(&config),
+        slow: spawn_inspections(&config),
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -140,19 +141,41 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Inspects once more with the slow facts (SMART) after start-up, so registration never waits.
-fn spawn_slow_inspection(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
+/// How long a burst of hotplug events (a disk and its partitions) gets to settle.
+const HOTPLUG_SETTLE: Duration = Duration::from_secs(2);
+
+/// Full inspections in the background: once after start-up with the slow facts (SMART), so
+/// registration never waits for them, then again whenever the kernel reports a network or
+/// block device appearing or disappearing (live machine only).
+fn spawn_inspections(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
     let (tx, rx) = watch::channel(None);
     let root = config.root.clone();
+    let mut hotplug = if root.is_live() {
+        hotplug::watch()
+    } else {
+        None
+    };
     tokio::spawn(async move {
-        match tokio::task::spawn_blocking(move || identity::inspect(&root, None)).await {
-            Ok(inventory) => match serde_json::to_value(&inventory) {
-                Ok(doc) => {
-                    let _ = tx.send(Some(doc));
-                }
-                Err(error) => warn!(error = %error, "full inventory is not serialisable"),
-            },
-            Err(error) => warn!(error = %error, "slow inspection panicked"),
+        loop {
+            let r = root.clone();
+            match tokio::task::spawn_blocking(move || identity::inspect(&r, None)).await {
+                Ok(inventory) => match serde_json::to_value(&inventory) {
+                    Ok(doc) => {
+                        let _ = tx.send(Some(doc));
+                    }
+                    Err(error) => warn!(error = %error, "full inventory is not serialisable"),
+                },
+                Err(error) => warn!(error = %error, "inspection panicked"),
+            }
+            let Some(events) = hotplug.as_mut() else {
+                return;
+            };
+            if events.changed().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(HOTPLUG_SETTLE).await;
+            events.borrow_and_update();
+            info!("hardware changed: inspecting again");
         }
     });
     rx

@@ -680,3 +680,12 @@ fn hardware_truth_in_a_qemu_guest_with_known_hardware() {
         "{report}"
     );
 }
+
+#[test]
+fn a_nic_that_appears_reaches_the_controller_through_hotplug_in_a_qemu_guest() {
+    let script = qs_tests::repo_root().join("images/hotplug-check");
+    let bins = qs_tests::bin_dir();
+    let (ok, report) = run_script(&script, &[bins.to_str().unwrap()]);
+    assert!(ok, "{report}");
+    assert!(report.contains("hotplug check: passed"), "{report}");
+}
