@@ -36,9 +36,42 @@ pub fn inspect(root: &SysRoot) -> Result<Vec<Interface>, InterfacesError> {
             let mut iface = inspect_one(root, &name);
             iface.addresses = addresses.remove(&name).unwrap_or_default();
             iface.vlan = vlans.remove(&name);
+            if iface.physical {
+                add_ethtool_facts(root, &mut iface);
+            }
             iface
         })
         .collect())
+}
+
+/// Firmware and offloads from ethtool, for physical NICs, when ethtool is installed.
+fn add_ethtool_facts(root: &SysRoot, iface: &mut Interface) {
+    if let Ok(Some(info)) = root.run("ethtool", &["-i", &iface.name]) {
+        iface.firmware = ethtool_fields(&info)
+            .find(|(k, _)| *k == "firmware-version")
+            .map(|(_, v)| v.to_owned())
+            .filter(|v| !v.is_empty() && v != "N/A");
+    }
+    if let Ok(Some(features)) = root.run("ethtool", &["-k", &iface.name]) {
+        iface.offloads = parse_offloads(&features);
+    }
+}
+
+/// `key: value` lines of ethtool's output, trimmed.
+fn ethtool_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+}
+
+/// The features `ethtool -k` reports on (`[fixed]` ones included: they are on).
+pub fn parse_offloads(text: &str) -> Vec<String> {
+    let mut on: Vec<String> = ethtool_fields(text)
+        .filter(|(_, v)| *v == "on" || v.starts_with("on "))
+        .map(|(k, _)| k.to_owned())
+        .collect();
+    on.sort();
+    on
 }
 
 /// `/proc/net/vlan/config`: two header lines, then `name | id | parent`.
@@ -143,6 +176,8 @@ fn inspect_one(root: &SysRoot, name: &str) -> Interface {
             .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned())),
         bond: bond(root, &dir),
         vlan: None,
+        firmware: None,
+        offloads: Vec::new(),
     }
 }
 
@@ -167,6 +202,15 @@ pub fn nearest_pci_address(device_path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offloads_on() {
+        let text = "Features for eth0:\nrx-checksumming: on\ntx-checksumming: off\ntcp-segmentation-offload: on [fixed]\nnetns-local: off [fixed]\n";
+        assert_eq!(
+            parse_offloads(text),
+            vec!["rx-checksumming", "tcp-segmentation-offload"]
+        );
+    }
 
     #[test]
     fn vlan_table() {

@@ -418,6 +418,14 @@ mod tests {
             .collect();
         assert_eq!(enslaved, vec!["eth0", "eth1"]);
         assert!(!ifaces.iter().any(|i| i.name == "bonding_masters"));
+        // ethtool's view: the emulated e1000e has NVM firmware, virtio has none.
+        let eth2 = ifaces.iter().find(|i| i.name == "eth2").unwrap();
+        assert_eq!(eth2.firmware.as_deref(), Some("2.1-0"));
+        assert!(eth2.offloads.iter().any(|o| o == "rx-checksumming"));
+        assert_eq!(
+            ifaces.iter().find(|i| i.name == "eth0").unwrap().firmware,
+            None
+        );
         let mem = inv.mem.unwrap();
         assert!(
             mem.total > 900 << 20 && mem.total <= 1 << 30,

@@ -306,6 +306,12 @@ pub struct Interface {
     /// VLAN settings, for a VLAN interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<Vlan>,
+    /// NIC firmware version (`ethtool -i`), when ethtool is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// Offloads switched on (`ethtool -k`), sorted, when ethtool is installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offloads: Vec<String>,
 }
 
 /// A bond's mode and members.
