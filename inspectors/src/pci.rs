@@ -40,8 +40,8 @@ pub fn inspect(root: &SysRoot) -> Result<Vec<PciDevice>, PciError> {
         .map(|d| (d.vendor_id.clone(), d.device_id.clone()))
         .collect();
     // The database is reference data, not a fact about the machine: read, never captured.
-    if let Some(text) = PCI_IDS.iter().find_map(|p| root.read_reference(p)) {
-        let names = parse_pci_ids(&text, &wanted);
+    if let Some(file) = PCI_IDS.iter().find_map(|p| root.open_reference(p)) {
+        let names = parse_pci_ids_from(file, &wanted);
         for d in &mut devices {
             if let Some((vendor, device)) = names.get(&(d.vendor_id.clone(), d.device_id.clone())) {
                 d.vendor = Some(vendor.clone());
@@ -100,53 +100,117 @@ fn inspect_one(root: &SysRoot, address: &str) -> Result<PciDevice, PciError> {
     })
 }
 
-/// Vendor and device names for the wanted (vendor, device) ids from pci.ids text.
-///
-/// The database is large (about 1.3 MB) and a machine has a handful of vendors: one pass over
-/// the lines, looking only at vendor lines until a wanted vendor's block starts.
-pub fn parse_pci_ids(
-    text: &str,
-    wanted: &BTreeSet<(String, String)>,
-) -> BTreeMap<(String, String), (String, Option<String>)> {
-    let vendors: BTreeSet<&[u8]> = wanted.iter().map(|(v, _)| v.as_bytes()).collect();
-    let mut names = BTreeMap::new();
-    let mut current: Option<(&str, String)> = None;
-    for line in text.split('\n') {
-        let bytes = line.as_bytes();
-        match bytes.first() {
+/// Names found so far, keyed by (vendor id, device id).
+type Names = BTreeMap<(String, String), (String, Option<String>)>;
+
+/// Looks up wanted ids line by line in pci.ids (vendor lines, then their tab-indented devices).
+struct PciIdsScanner<'a> {
+    wanted: &'a BTreeSet<(String, String)>,
+    vendors: BTreeSet<&'a [u8]>,
+    current: Option<(String, String)>,
+    names: Names,
+    done: bool,
+}
+
+impl<'a> PciIdsScanner<'a> {
+    fn new(wanted: &'a BTreeSet<(String, String)>) -> Self {
+        Self {
+            wanted,
+            vendors: wanted.iter().map(|(v, _)| v.as_bytes()).collect(),
+            current: None,
+            names: BTreeMap::new(),
+            done: false,
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let name_of = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+        match line.first() {
             Some(b'\t') => {
-                let Some((vendor_id, vendor_name)) = &current else {
-                    continue;
+                let Some((vendor_id, vendor_name)) = &self.current else {
+                    return;
                 };
-                if bytes.get(1) == Some(&b'\t') {
-                    continue;
+                // Devices are one tab deep, `id  name`; subsystems (two tabs) are skipped.
+                if line.len() < 8 || line[1] == b'\t' || &line[5..7] != b"  " {
+                    return;
                 }
-                if let Some((id, name)) = line[1..].split_once("  ") {
-                    let key = ((*vendor_id).to_owned(), id.to_owned());
-                    if wanted.contains(&key) {
-                        names.insert(key, (vendor_name.clone(), Some(name.trim().to_owned())));
-                    }
+                let key = (
+                    vendor_id.clone(),
+                    String::from_utf8_lossy(&line[1..5]).into_owned(),
+                );
+                if self.wanted.contains(&key) {
+                    self.names
+                        .insert(key, (vendor_name.clone(), Some(name_of(&line[7..]))));
                 }
             }
             Some(b'#') | None => {}
             // The class list follows the last vendor.
-            Some(b'C') if bytes.get(1) == Some(&b' ') => break,
+            Some(b'C') if line.get(1) == Some(&b' ') => self.done = true,
             Some(_) => {
-                current = None;
-                if bytes.len() > 6 && vendors.contains(&bytes[..4]) && &bytes[4..6] == b"  " {
-                    let id = &line[..4];
-                    let name = line[6..].trim().to_owned();
-                    for (v, d) in wanted.iter().filter(|(v, _)| v == id) {
-                        names
+                self.current = None;
+                if line.len() > 6 && self.vendors.contains(&line[..4]) && &line[4..6] == b"  " {
+                    let id = String::from_utf8_lossy(&line[..4]).into_owned();
+                    let name = name_of(&line[6..]);
+                    for (v, d) in self.wanted.iter().filter(|(v, _)| *v == id) {
+                        self.names
                             .entry((v.clone(), d.clone()))
                             .or_insert((name.clone(), None));
                     }
-                    current = Some((id, name));
+                    self.current = Some((id, name));
                 }
             }
         }
     }
-    names
+
+    /// Feeds every complete line of `chunk`; returns how many bytes were consumed.
+    fn lines(&mut self, chunk: &[u8]) -> usize {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk) {
+            if self.done {
+                break;
+            }
+            self.line(&chunk[start..end]);
+            start = end + 1;
+        }
+        start
+    }
+}
+
+/// Vendor and device names for the wanted (vendor, device) ids from pci.ids text.
+pub fn parse_pci_ids(text: &[u8], wanted: &BTreeSet<(String, String)>) -> Names {
+    let mut scanner = PciIdsScanner::new(wanted);
+    let used = scanner.lines(text);
+    if !scanner.done {
+        scanner.line(&text[used..]);
+    }
+    scanner.names
+}
+
+/// Like [`parse_pci_ids`], reading the database in small chunks: it is 1.3 MB and a machine
+/// needs a handful of names, so it is scanned with SIMD line search through one 64 KiB buffer
+/// rather than read whole (which costs more in page faults than in scanning).
+fn parse_pci_ids_from(mut file: impl std::io::Read, wanted: &BTreeSet<(String, String)>) -> Names {
+    let mut scanner = PciIdsScanner::new(wanted);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    while !scanner.done {
+        let n = match file.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        filled += n;
+        let used = scanner.lines(&buf[..filled]);
+        if used == 0 && filled == buf.len() {
+            // A line longer than the buffer is not pci.ids: stop rather than grow.
+            break;
+        }
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+    }
+    if !scanner.done && filled > 0 {
+        scanner.line(&buf[..filled]);
+    }
+    scanner.names
 }
 
 #[cfg(test)]
@@ -160,7 +224,7 @@ mod tests {
             [("8086", "1521"), ("1af4", "1041"), ("1af4", "9999")]
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
                 .into();
-        let names = parse_pci_ids(text, &wanted);
+        let names = parse_pci_ids(text.as_bytes(), &wanted);
         assert_eq!(
             names.get(&("8086".into(), "1521".into())),
             Some(&(
@@ -172,5 +236,16 @@ mod tests {
             names.get(&("1af4".into(), "9999".into())),
             Some(&("Red Hat, Inc.".to_owned(), None))
         );
+        // Reading in chunks gives the same answer whatever the chunk boundaries.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(7).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        assert_eq!(parse_pci_ids_from(Trickle(text.as_bytes()), &wanted), names);
     }
 }

@@ -299,9 +299,9 @@ impl SysRoot {
 
     /// A reference file (a database such as pci.ids): read, but never recorded, because it
     /// describes the world rather than the machine. None when absent or unreadable.
-    pub fn read_reference(&self, rel: &str) -> Option<String> {
+    pub fn open_reference(&self, rel: &str) -> Option<std::fs::File> {
         let real = self.resolve_quietly(rel)?;
-        std::fs::read_to_string(self.root.join(real)).ok()
+        std::fs::File::open(self.root.join(real)).ok()
     }
 
     fn resolve_quietly(&self, rel: &str) -> Option<PathBuf> {
