@@ -42,7 +42,7 @@ enum Cmd {
         /// Read the machine under this directory instead of `/`.
         #[arg(long, default_value = "/")]
         root: PathBuf,
-        /// Run only these inspectors (comma-separated: dmi,cpu,mem,interfaces,os_storage,pci,routes,raid).
+        /// Run only these inspectors (comma-separated: dmi,cpu,mem,interfaces,os_storage,pci,routes,raid,bmc).
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<InspectorName>>,
         /// Also copy every file the inspectors read into DIR (a fixture tree for tests).

@@ -4,13 +4,13 @@
 //! the system UUID is formatted as Linux formats it, so the MercuryId does not depend on which
 //! source a machine offers.
 
-use qs_proto::inventory::{Dmi, DmiSource, MemoryDevice, Processor};
+use qs_proto::inventory::{Dmi, DmiSource, IpmiDevice, MemoryDevice, Processor};
 use smbioslib::{
     CoreCount, CoreCount2, MemorySize, MemorySizeExtended, MemorySpeed, ProcessorSpeed,
     SMBiosBaseboardInformation, SMBiosData, SMBiosEntryPoint32, SMBiosEntryPoint64,
-    SMBiosInformation, SMBiosMemoryDevice, SMBiosProcessorInformation,
-    SMBiosSystemChassisInformation, SMBiosSystemInformation, SMBiosVersion, SystemUuidData,
-    ThreadCount, ThreadCount2,
+    SMBiosInformation, SMBiosIpmiDeviceInformation, SMBiosMemoryDevice, SMBiosProcessorInformation,
+    SMBiosStruct, SMBiosSystemChassisInformation, SMBiosSystemInformation, SMBiosVersion,
+    SystemUuidData, ThreadCount, ThreadCount2,
 };
 
 use crate::{SysRoot, SysRootError};
@@ -83,6 +83,7 @@ fn from_sysfs(root: &SysRoot) -> Dmi {
         // The kernel's files say nothing about slots or sockets.
         memory_devices: Vec::new(),
         processors: Vec::new(),
+        ipmi_device: None,
     }
 }
 
@@ -200,7 +201,35 @@ pub fn from_tables(entry: Vec<u8>, table: Vec<u8>) -> Result<Dmi, DmiError> {
         // The kernel shows the type without the lock bit.
         dmi.chassis_type = chassis.chassis_type().map(|t| (t.raw & 0x7f).to_string());
     }
+    dmi.ipmi_device = data
+        .first::<SMBiosIpmiDeviceInformation<'_>>()
+        .and_then(|d| ipmi_device(&d));
     Ok(dmi)
+}
+
+/// Decodes SMBIOS type 38 the way dmidecode does, so the two can be compared.
+fn ipmi_device(d: &SMBiosIpmiDeviceInformation<'_>) -> Option<IpmiDevice> {
+    let interface = match d.interface_type()?.raw {
+        1 => "KCS",
+        2 => "SMIC",
+        3 => "BT",
+        4 => "SSIF",
+        _ => "unknown",
+    };
+    let revision = d.ipmi_specification_revision()?;
+    let raw = d.base_address()?;
+    // Bit 0 of the address only says "I/O space"; the real low bit is in the modifier byte.
+    let low_bit = d
+        .parts()
+        .get_field_byte(0x10)
+        .map_or(0, |m| u64::from((m >> 4) & 1));
+    Some(IpmiDevice {
+        interface: interface.to_owned(),
+        spec_version: format!("{}.{}", revision >> 4, revision & 0x0f),
+        base_address: (raw & !1) | low_bit,
+        address_space: if raw & 1 == 1 { "io" } else { "memory" }.to_owned(),
+        i2c_address: d.i2c_target_address()?,
+    })
 }
 
 fn memory_size(d: &SMBiosMemoryDevice<'_>) -> u64 {

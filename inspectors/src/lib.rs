@@ -12,6 +12,7 @@
 //! assert!(inventory.mem.unwrap().total > 0);
 //! ```
 
+pub mod bmc;
 pub mod cpu;
 pub mod dmi;
 pub mod interfaces;
@@ -51,11 +52,13 @@ pub enum InspectorName {
     Routes,
     /// RAID controllers and software RAID.
     Raid,
+    /// The baseboard management controller.
+    Bmc,
 }
 
 impl InspectorName {
     /// Every inspector.
-    pub const ALL: [InspectorName; 8] = [
+    pub const ALL: [InspectorName; 9] = [
         Self::Dmi,
         Self::Cpu,
         Self::Mem,
@@ -64,6 +67,7 @@ impl InspectorName {
         Self::Pci,
         Self::Routes,
         Self::Raid,
+        Self::Bmc,
     ];
 
     /// The name used in the inventory and on the command line.
@@ -77,6 +81,7 @@ impl InspectorName {
             Self::Pci => "pci",
             Self::Routes => "routes",
             Self::Raid => "raid",
+            Self::Bmc => "bmc",
         }
     }
 }
@@ -90,7 +95,7 @@ impl fmt::Display for InspectorName {
 /// A name that is not an inspector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, os_storage, pci, routes, raid)"
+    "unknown inspector {0:?} (known: dmi, cpu, mem, interfaces, os_storage, pci, routes, raid, bmc)"
 )]
 pub struct UnknownInspector(pub String);
 
@@ -177,6 +182,21 @@ pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
         inventory.routes = finish(N::Routes, routes, &mut errors);
         inventory.raid = finish(N::Raid, raid, &mut errors);
     });
+    // Finding the device is a directory listing; asking the BMC waits for the slow facts.
+    if wanted(N::Bmc) {
+        inventory.bmc = Some(bmc::presence(root));
+    }
+    if let (Some(bmc), Some(declared)) = (
+        inventory.bmc.as_mut().filter(|b| !b.present),
+        inventory.dmi.as_ref().and_then(|d| d.ipmi_device.as_ref()),
+    ) {
+        // The firmware says there is a BMC: the operator needs to know the driver is missing.
+        bmc.reason = Some(format!(
+            "SMBIOS declares an IPMI {} interface at {:#x}, but no IPMI device is loaded \
+             (modprobe ipmi_si ipmi_devintf)",
+            declared.interface, declared.base_address
+        ));
+    }
     // Installed modules belong with memory too; the firmware is the only one that knows them.
     if let (Some(mem), Some(dmi)) = (inventory.mem.as_mut(), inventory.dmi.as_ref()) {
         mem.dimms = dmi
@@ -190,12 +210,24 @@ pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
     inventory
 }
 
-/// Adds what takes long to learn (SMART health today) to an inventory from [`run_all`]; kept
+/// Adds what takes long to learn (SMART health, what the BMC says) to an inventory from [`run_all`]; kept
 /// apart so the quick facts never wait for it.
 pub fn add_slow_facts(root: &SysRoot, inventory: &mut Inventory) {
-    if let Some(devices) = inventory.os_storage.as_mut() {
-        os_storage::add_smart(root, devices);
-    }
+    std::thread::scope(|s| {
+        let bmc = inventory.bmc.as_mut().map(|bmc| {
+            s.spawn(move || {
+                let mut errors = Vec::new();
+                bmc::add_details(root, bmc, &mut errors);
+                errors
+            })
+        });
+        if let Some(devices) = inventory.os_storage.as_mut() {
+            os_storage::add_smart(root, devices);
+        }
+        if let Some(errors) = bmc.and_then(|h| h.join().ok()) {
+            inventory.errors.extend(errors);
+        }
+    });
 }
 
 /// The values a MercuryId can be derived from, taken from an inventory.
@@ -240,6 +272,7 @@ mod tests {
             "pci",
             "routes",
             "raid",
+            "bmc",
         ];
         let all: Vec<&str> = InspectorName::ALL.iter().map(|n| n.as_str()).collect();
         assert_eq!(all, every, "ALL lists every inspector");

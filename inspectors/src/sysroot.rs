@@ -20,6 +20,8 @@ const COMMANDS_DIR: &str = ".qs/commands";
 /// Where vendor tools install themselves outside PATH.
 const TOOL_DIRS: &[&str] = &["/opt/MegaRAID/storcli", "/opt/smartstorageadmin/ssacli/bin"];
 /// How long a tool may run.
+/// Marks a recorded command that failed; the file holds its status line, then its stderr.
+const FAILED_SUFFIX: &str = ".failed";
 const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Symlink hops allowed while resolving one path (Linux allows 40).
 const MAX_HOPS: usize = 40;
@@ -345,7 +347,16 @@ impl SysRoot {
     /// roots replay the output recorded for the same command line.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<Option<String>, SysRootError> {
         let file = format!("{COMMANDS_DIR}/{}", command_file_name(program, args));
+        let failed = format!("{file}{FAILED_SUFFIX}");
         if !self.live {
+            if let Ok(text) = self.read_to_string(&failed) {
+                let (status, stderr) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+                return Err(SysRootError::CommandFailed {
+                    program: program.to_owned(),
+                    status: status.to_owned(),
+                    stderr: stderr.to_owned(),
+                });
+            }
             return match self.read_to_string(&file) {
                 Ok(out) => Ok(Some(out)),
                 Err(SysRootError::Read { source, .. })
@@ -359,11 +370,19 @@ impl SysRoot {
         let Some(path) = find_program(program) else {
             return Ok(None);
         };
-        let out = run_with_timeout(program, &path, args)?;
+        let result = run_with_timeout(program, &path, args);
         if let Some(dir) = &self.record {
-            write_mirror(&dir.join(&file), out.as_bytes());
+            // A failure is a fact about the machine too (a BMC that lacks a command): keep it
+            // so the replay fails the same way.
+            match &result {
+                Ok(out) => write_mirror(&dir.join(&file), out.as_bytes()),
+                Err(SysRootError::CommandFailed { status, stderr, .. }) => {
+                    write_mirror(&dir.join(&failed), format!("{status}\n{stderr}").as_bytes())
+                }
+                Err(_) => {}
+            }
         }
-        Ok(Some(out))
+        result.map(Some)
     }
 
     fn record_symlink(&self, rel: &Path, target: &Path) {
@@ -450,10 +469,22 @@ fn run_with_timeout(program: &str, path: &Path, args: &[&str]) -> Result<String,
         return Err(SysRootError::CommandFailed {
             program: program.to_owned(),
             status: status.to_string(),
-            stderr: err.chars().take(500).collect(),
+            stderr: stderr_summary(&err),
         });
     }
     Ok(out)
+}
+
+/// A tool's stderr on one line: repeated lines once (ipmitool retries a command per channel),
+/// joined with "; ", at most 500 characters.
+fn stderr_summary(err: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for line in err.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    lines.join("; ").chars().take(500).collect()
 }
 
 fn components(path: &Path) -> Vec<String> {
@@ -576,6 +607,21 @@ mod tests {
             rec.run("false", &[]),
             Err(SysRootError::CommandFailed { .. })
         ));
+        // The failure was recorded and fails the replay the same way.
+        assert!(matches!(
+            replay.run("false", &[]),
+            Err(SysRootError::CommandFailed { status, .. }) if status.contains("exit status: 1")
+        ));
+    }
+
+    #[test]
+    fn tool_errors_are_one_line_without_repeats() {
+        let err = "IPMI failed: Invalid command\nIPMI failed: Invalid command\n\nGiving up\n";
+        assert_eq!(
+            stderr_summary(err),
+            "IPMI failed: Invalid command; Giving up"
+        );
+        assert_eq!(stderr_summary(&"x".repeat(900)).len(), 500);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Inventory {
     /// RAID controllers and software RAID arrays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<Raid>,
+    /// The baseboard management controller, or why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<Bmc>,
     /// Inspectors that failed, with why.
     #[serde(default)]
     pub errors: Vec<InspectorError>,
@@ -120,6 +123,25 @@ pub struct Dmi {
     /// Processor sockets (SMBIOS type 4); raw tables only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processors: Vec<Processor>,
+    /// The BMC's system interface as the firmware declares it (SMBIOS type 38); raw tables only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipmi_device: Option<IpmiDevice>,
+}
+
+/// How the host talks to its BMC, per SMBIOS type 38.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpmiDevice {
+    /// `KCS`, `SMIC`, `BT`, `SSIF` or `unknown`.
+    pub interface: String,
+    /// IPMI specification revision, e.g. `2.0`.
+    pub spec_version: String,
+    /// Base address of the interface (I/O port or memory address, as `address_space` says).
+    pub base_address: u64,
+    /// `io` or `memory`.
+    pub address_space: String,
+    /// I2C target address of the BMC in the 8-bit form IPMI uses (`0x20`); dmidecode prints
+    /// the 7-bit form (`0x10`).
+    pub i2c_address: u8,
 }
 
 /// A memory slot and the module in it.
@@ -666,4 +688,111 @@ pub struct MemNumaNode {
     pub id: u32,
     /// Memory on the node, in bytes.
     pub total: u64,
+}
+
+/// The baseboard management controller: present with what `ipmitool` reports, or absent with
+/// the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bmc {
+    /// Whether the host has an IPMI device to talk to its BMC through.
+    pub present: bool,
+    /// Why there is no BMC (or why nothing could be learned from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The host's IPMI device, e.g. `/dev/ipmi0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Identity and firmware (`ipmitool mc info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<BmcFirmware>,
+    /// LAN configuration of the BMC's own network port (`ipmitool lan print`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<BmcLan>,
+    /// Configured users, never their passwords (`ipmitool user list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<BmcUser>>,
+}
+
+/// The BMC's identity and firmware, from Get Device ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcFirmware {
+    /// Device ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<u8>,
+    /// Device revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_revision: Option<u8>,
+    /// Firmware revision, e.g. `2.61`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_revision: Option<String>,
+    /// IPMI version the BMC implements, e.g. `2.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipmi_version: Option<String>,
+    /// IANA enterprise number of the manufacturer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer_id: Option<u32>,
+    /// Manufacturer name, when ipmitool knows the number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer_name: Option<String>,
+    /// Product ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<u32>,
+    /// Product name, when ipmitool knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+    /// Auxiliary firmware revision bytes, e.g. `0x00 0x01 0xb4 0x0a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_firmware_revision: Option<String>,
+    /// Functions the BMC provides (`Sensor Device`, `SEL Device` …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_device_support: Vec<String>,
+}
+
+/// The BMC's LAN channel configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcLan {
+    /// `static`, `dhcp`, `bios` or `other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_source: Option<String>,
+    /// IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// IPv4 netmask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_mask: Option<String>,
+    /// MAC address of the BMC's port, lowercase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// Default gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_gateway_ip: Option<String>,
+    /// Default gateway's MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_gateway_mac: Option<String>,
+    /// 802.1q VLAN the port tags with; absent when tagging is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_id: Option<u16>,
+    /// RMCP+ cipher suites offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<u8>,
+    /// Authentication types supported (`MD5`, `PASSWORD` …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_types: Vec<String>,
+}
+
+/// A user configured on the BMC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcUser {
+    /// User slot.
+    pub id: u8,
+    /// Login name.
+    pub name: String,
+    /// Whether the user may be called in (callback restriction off).
+    pub callin: bool,
+    /// Whether link authentication is enabled.
+    pub link_auth: bool,
+    /// Whether IPMI messaging is enabled.
+    pub ipmi_messaging: bool,
+    /// Channel privilege limit, e.g. `ADMINISTRATOR` or `NO ACCESS`.
+    pub privilege: String,
 }

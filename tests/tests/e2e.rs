@@ -673,10 +673,15 @@ fn hardware_truth_in_a_qemu_guest_with_known_hardware() {
     let script = qs_tests::repo_root().join("images/hardware-truth-check");
     let (ok, report) = run_script(&script, &[agent.to_str().unwrap()]);
     assert!(ok, "{report}");
-    // Disks, partitions, NICs with the bond and VLAN, PCI functions, memory, CPU and every
-    // SMBIOS string.
+    // Disks, partitions, NICs with the bond and VLAN, PCI functions, memory, CPU, every
+    // SMBIOS string, the BMC's interface (SMBIOS type 38) and its firmware.
     assert!(
-        report.contains("98 fields compared, 0 disagreements"),
+        report.contains("111 fields compared, 0 disagreements"),
+        "{report}"
+    );
+    // What images/guest-hardware gave QEMU's BMC simulator.
+    assert!(
+        report.contains("bmc: /dev/ipmi0 firmware 1.47 manufacturer 10876 product 2330"),
         "{report}"
     );
 }
