@@ -7,8 +7,8 @@
 //! The agent ships in the boot image, so it links no HTTP server or database client.
 
 pub mod backoff;
-pub mod hotplug;
 pub mod identity;
+pub mod kernel_events;
 pub mod sent_inventory;
 pub mod session;
 

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use qs_capabilities::{CapabilityError, Registry};
 use qs_inspectors::SysRoot;
 use qs_proto::codec::{self, DecodeError};
+use qs_proto::inventory::Inventory;
 use qs_proto::{
     Body, CallOutcome, CallProgress, CallResult, CapabilityCall, Envelope, ErrorBody, ErrorCode,
     ErrorReport, Heartbeat, MercuryId, MessageId, Register,
@@ -26,8 +27,8 @@ use tracing::{debug, info, warn};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::backoff::Backoff;
-use crate::hotplug;
 use crate::identity;
+use crate::kernel_events;
 use crate::sent_inventory::SentInventory;
 
 /// How long to wait between attempts to derive a MercuryId when nothing usable was found.
@@ -141,44 +142,110 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
     }
 }
 
-/// How long a burst of hotplug events (a disk and its partitions) gets to settle.
+/// How long a burst of kernel events (a disk and its partitions, a link and its addresses)
+/// gets to settle before inspecting again.
 const HOTPLUG_SETTLE: Duration = Duration::from_secs(2);
 
-/// Full inspections in the background: once after start-up with the slow facts (SMART), so
-/// registration never waits for them, then again whenever the kernel reports a network or
-/// block device appearing or disappearing (live machine only).
+/// What the next background inspection has to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reinspect {
+    /// Everything, slow facts included: start-up, or a device came or went.
+    Everything,
+    /// Only interfaces and routes: a link went up or down, an address or route changed.
+    Network,
+}
+
+/// Waits for a kernel event counter to move; a source that is missing or stopped never does.
+async fn changed(events: &mut Option<watch::Receiver<u64>>) {
+    match events {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *events = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Full inspections in the background: once after start-up with the slow facts (SMART, BMC),
+/// so registration never waits for them; again whenever the kernel reports a network or block
+/// device appearing or disappearing; and, for link, address and route changes, the network
+/// inspectors alone (live machine only).
 fn spawn_inspections(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
     let (tx, rx) = watch::channel(None);
     let root = config.root.clone();
-    let mut hotplug = if root.is_live() {
-        hotplug::watch()
+    let (mut devices, mut links) = if root.is_live() {
+        (kernel_events::devices(), kernel_events::links())
     } else {
-        None
+        (None, None)
     };
     tokio::spawn(async move {
+        let mut last: Option<Inventory> = None;
+        let mut next = Reinspect::Everything;
         loop {
             let r = root.clone();
-            match tokio::task::spawn_blocking(move || identity::inspect(&r, None)).await {
-                Ok(inventory) => match serde_json::to_value(&inventory) {
-                    Ok(doc) => {
-                        let _ = tx.send(Some(doc));
+            let previous = last.take();
+            let inspected = tokio::task::spawn_blocking(move || match (next, previous) {
+                (Reinspect::Network, Some(previous)) => reinspect_network(&r, previous),
+                _ => identity::inspect(&r, None),
+            })
+            .await;
+            match inspected {
+                Ok(inventory) => {
+                    match serde_json::to_value(&inventory) {
+                        Ok(doc) => {
+                            tx.send_if_modified(|current| {
+                                let changed = current.as_ref() != Some(&doc);
+                                *current = Some(doc);
+                                changed
+                            });
+                        }
+                        Err(error) => warn!(error = %error, "full inventory is not serialisable"),
                     }
-                    Err(error) => warn!(error = %error, "full inventory is not serialisable"),
-                },
+                    last = Some(inventory);
+                }
                 Err(error) => warn!(error = %error, "inspection panicked"),
             }
-            let Some(events) = hotplug.as_mut() else {
-                return;
-            };
-            if events.changed().await.is_err() {
+            if devices.is_none() && links.is_none() {
                 return;
             }
+            next = tokio::select! {
+                () = changed(&mut devices) => Reinspect::Everything,
+                () = changed(&mut links) => Reinspect::Network,
+            };
             tokio::time::sleep(HOTPLUG_SETTLE).await;
-            events.borrow_and_update();
-            info!("hardware changed: inspecting again");
+            // A device event during the settling time widens a network-only look.
+            if devices
+                .as_ref()
+                .is_some_and(|d| d.has_changed().unwrap_or(false))
+            {
+                next = Reinspect::Everything;
+            }
+            for events in [&mut devices, &mut links].into_iter().flatten() {
+                events.borrow_and_update();
+            }
+            match next {
+                Reinspect::Everything => info!("hardware changed: inspecting again"),
+                Reinspect::Network => info!("links changed: inspecting the network again"),
+            }
         }
     });
     rx
+}
+
+/// The previous inventory with its interfaces and routes inspected again.
+fn reinspect_network(root: &SysRoot, mut inventory: Inventory) -> Inventory {
+    use qs_inspectors::InspectorName as N;
+    let network = [N::Interfaces, N::Routes];
+    let fresh = qs_inspectors::run_all(root, Some(&network));
+    inventory.interfaces = fresh.interfaces;
+    inventory.routes = fresh.routes;
+    inventory
+        .errors
+        .retain(|e| !network.iter().any(|n| n.as_str() == e.inspector));
+    inventory.errors.extend(fresh.errors);
+    inventory
 }
 
 /// How long to wait between LLDP listening windows: switches announce every 30 s, and

@@ -686,8 +686,10 @@ fn hardware_truth_in_a_qemu_guest_with_known_hardware() {
     );
 }
 
+/// A veth pair appears (uevent), then its carrier goes up and down (rtnetlink only): each
+/// change reaches the controller's document as a delta.
 #[test]
-fn a_nic_that_appears_reaches_the_controller_through_hotplug_in_a_qemu_guest() {
+fn a_nic_that_appears_and_its_carrier_changes_reach_the_controller_in_a_qemu_guest() {
     let script = qs_tests::repo_root().join("images/hotplug-check");
     let bins = qs_tests::bin_dir();
     let (ok, report) = run_script(&script, &[bins.to_str().unwrap()]);
