@@ -20,6 +20,7 @@ pub mod lldp;
 pub mod mem;
 pub mod os_storage;
 pub mod pci;
+pub mod pci_ids;
 pub mod raid;
 pub mod routes;
 pub mod smart;
