@@ -1,7 +1,8 @@
 //! The inventory the controller holds for this agent, and how to bring it up to date.
 //!
 //! Each inventory sent gets the next version number. After a re-inspection the agent sends
-//! only the difference (an RFC 6902 patch against the version the controller has) when that
+//! only the difference against the version the controller has (an RFC 6902 patch from
+//! [`qs_proto::delta`], whose lists are aligned so a lost disk is one `remove`) when that
 //! encodes smaller than the whole document, and nothing at all when nothing changed.
 
 use qs_proto::{Body, InventoryDelta, InventoryUpdate};
@@ -27,7 +28,7 @@ impl SentInventory {
 
     /// The message that brings the controller from the sent inventory to `doc`, if it changed.
     pub fn update_to(&mut self, doc: Value) -> Option<Body> {
-        let patch = json_patch::diff(&self.doc, &doc);
+        let patch = qs_proto::delta::diff(&self.doc, &doc);
         if patch.0.is_empty() {
             return None;
         }

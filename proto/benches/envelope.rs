@@ -97,7 +97,7 @@ fn delta_after_losing_a_disk(path: &std::path::Path, inventory: &serde_json::Val
         Body::InventoryDelta(qs_proto::InventoryDelta {
             base: 1,
             version: 2,
-            patch: json_patch::diff(inventory, &after),
+            patch: qs_proto::delta::diff(inventory, &after),
         }),
     );
     println!(

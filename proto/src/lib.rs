@@ -16,6 +16,7 @@
 
 pub mod capability;
 pub mod codec;
+pub mod delta;
 pub mod envelope;
 pub mod error_report;
 pub mod inventory;
