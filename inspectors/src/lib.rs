@@ -395,6 +395,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bmc_the_firmware_declares_without_its_driver_says_so() {
+        // The QEMU guest's SMBIOS tables (with their type 38 entry), but no /sys/class/ipmi.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let tables = "sys/firmware/dmi/tables";
+        std::fs::create_dir_all(dir.path().join(tables)).unwrap_or_else(|e| panic!("{e}"));
+        for file in ["DMI", "smbios_entry_point"] {
+            let from = host("qemu-q35").path(&format!("{tables}/{file}"));
+            std::fs::copy(from, dir.path().join(tables).join(file))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let inv = run_all(
+            &SysRoot::new(dir.path()),
+            Some(&[InspectorName::Dmi, InspectorName::Bmc]),
+        );
+        let bmc = inv.bmc.unwrap_or_default();
+        assert!(!bmc.present);
+        assert_eq!(
+            bmc.reason.as_deref(),
+            Some(
+                "SMBIOS declares an IPMI KCS interface at 0xca2, but no IPMI device is loaded \
+                 (modprobe ipmi_si ipmi_devintf)"
+            )
+        );
+    }
+
+    #[test]
     fn qemu_guest_capture_matches_its_known_hardware() {
         // The values set in images/guest-hardware.
         let mut inv = run_all(&host("qemu-q35"), None);
@@ -403,7 +429,47 @@ mod tests {
             "slow facts wait"
         );
         add_slow_facts(&host("qemu-q35"), &mut inv);
-        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        // QEMU's BMC simulator answers Get Device ID but has no LAN or user commands.
+        let errors: Vec<&str> = inv.errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            errors,
+            [
+                "ipmitool lan print: ipmitool failed (exit status: 1): Get Channel Info command \
+                 failed: Invalid command; Invalid channel: 0",
+                "ipmitool user list: ipmitool failed (exit status: 1): IPMI command failed: \
+                 Invalid command",
+            ]
+        );
+        assert!(inv.errors.iter().all(|e| e.inspector == "bmc"));
+        let bmc = inv.bmc.clone().unwrap_or_default();
+        assert_eq!(bmc.device.as_deref(), Some("/dev/ipmi0"));
+        let firmware = bmc.firmware.unwrap_or_default();
+        assert_eq!(
+            (
+                firmware.firmware_revision.as_deref(),
+                firmware.manufacturer_id,
+                firmware.manufacturer_name.as_deref(),
+                firmware.product_id,
+            ),
+            (
+                Some("1.47"),
+                Some(10876),
+                Some("Super Micro Computer Inc."),
+                Some(2330)
+            )
+        );
+        assert_eq!((bmc.lan, bmc.users), (None, None));
+        let declared = inv.dmi.as_ref().and_then(|d| d.ipmi_device.clone());
+        assert_eq!(
+            declared,
+            Some(qs_proto::inventory::IpmiDevice {
+                interface: "KCS".into(),
+                spec_version: "2.0".into(),
+                base_address: 0xca2,
+                address_space: "io".into(),
+                i2c_address: 0x20,
+            })
+        );
         let cpu = inv.cpu.unwrap();
         assert_eq!(cpu.threads, 2);
         let nics: Vec<(String, String, String)> = inv
