@@ -159,8 +159,7 @@ impl SysRoot {
     pub fn canonical(&self, rel: &str) -> Result<PathBuf, SysRootError> {
         if self.live && self.record.is_none() {
             let full = self.root.join(rel.trim_start_matches('/'));
-            let real =
-                std::fs::canonicalize(&full).map_err(|e| self.read_error(Path::new(rel), e))?;
+            let real = kernel_realpath(&full).map_err(|e| self.read_error(Path::new(rel), e))?;
             Ok(real
                 .strip_prefix(&self.root)
                 .map(Path::to_path_buf)
@@ -211,7 +210,7 @@ impl SysRoot {
     /// The file's bytes.
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysRootError> {
         let real = self.real_path(rel)?;
-        let bytes = std::fs::read(self.root.join(&real)).map_err(|e| self.read_error(&real, e))?;
+        let bytes = read_small(&self.root.join(&real)).map_err(|e| self.read_error(&real, e))?;
         if let Some(out) = &self.record {
             write_mirror(&out.join(&real), &bytes);
         }
@@ -289,6 +288,9 @@ impl SysRoot {
     /// The target of the symlink `rel` (its last component is not followed).
     pub fn read_link(&self, rel: &str) -> Result<PathBuf, SysRootError> {
         let rel = Path::new(rel.trim_start_matches('/'));
+        if self.live && self.record.is_none() {
+            return std::fs::read_link(self.root.join(rel)).map_err(|e| self.read_error(rel, e));
+        }
         let parent = rel.parent().and_then(Path::to_str).unwrap_or("");
         let real_parent = self.resolve(parent)?;
         let name = rel.file_name().unwrap_or_default();
@@ -302,6 +304,9 @@ impl SysRoot {
     /// A reference file (a database such as pci.ids): read, but never recorded, because it
     /// describes the world rather than the machine. None when absent or unreadable.
     pub fn open_reference(&self, rel: &str) -> Option<std::fs::File> {
+        if self.live {
+            return std::fs::File::open(self.path(rel)).ok();
+        }
         let real = self.resolve_quietly(rel)?;
         std::fs::File::open(self.root.join(real)).ok()
     }
@@ -406,6 +411,32 @@ impl SysRoot {
             target.to_owned()
         };
         let _ = std::os::unix::fs::symlink(target, at);
+    }
+}
+
+/// Reads a file without asking its size first: sysfs files all claim 4096 bytes, so the
+/// `statx` that `std::fs::read` makes for a size hint is one system call per file for nothing.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::with_capacity(4096);
+    file.take(u64::MAX).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The path with every symlink resolved by the kernel in one walk (`O_PATH`, then the fd's
+/// name), where glibc's `realpath` reads each component's link separately.
+fn kernel_realpath(path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_PATH.bits())
+        .open(path);
+    match opened {
+        Ok(file) => std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .or_else(|_| std::fs::canonicalize(path)),
+        Err(e) => Err(e),
     }
 }
 
