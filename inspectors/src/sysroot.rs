@@ -646,6 +646,24 @@ mod tests {
     }
 
     #[test]
+    fn the_kernels_walk_agrees_with_realpath() {
+        let dir = tree();
+        for rel in ["sys/class/net/eth0/device", "sys/class/net/eth0/mtu", "sys"] {
+            let path = dir.path().join(rel);
+            assert_eq!(
+                kernel_realpath(&path).ok(),
+                std::fs::canonicalize(&path).ok(),
+                "{rel}"
+            );
+        }
+        assert!(kernel_realpath(&dir.path().join("sys/nothing")).is_err());
+        assert_eq!(
+            read_small(&dir.path().join("sys/class/net/eth0/mtu")).ok(),
+            Some(b"1500\n".to_vec())
+        );
+    }
+
+    #[test]
     fn tool_errors_are_one_line_without_repeats() {
         let err = "IPMI failed: Invalid command\nIPMI failed: Invalid command\n\nGiving up\n";
         assert_eq!(
