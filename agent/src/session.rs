@@ -107,14 +107,20 @@ pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
     // The first stdout line tells scripts and tests who this agent is.
     println!("{}", serde_json::json!({"mercury_id": id.to_string()}));
     info!(mercury_id = %id, controller = %config.endpoint, "agent starting");
+    // Link changes feed both the network re-inspection and the LLDP listener.
+    let links = if config.root.is_live() {
+        kernel_events::links()
+    } else {
+        None
+    };
     let agent = Arc::new(Agent {
         boot_id: identity::boot_id(&config.root),
         capabilities: Registry::standard(config.root.clone()),
         id,
         inventory: Mutex::new(SentInventory::new(inventory)),
         exclusive: Mutex::new(()),
-        lldp: spawn_lldp_listener(&config),
-        slow: spawn_inspections(&config),
+        lldp: spawn_lldp_listener(&config, links.clone()),
+        slow: spawn_inspections(&config, links),
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -172,13 +178,16 @@ async fn changed(events: &mut Option<watch::Receiver<u64>>) {
 /// so registration never waits for them; again whenever the kernel reports a network or block
 /// device appearing or disappearing; and, for link, address and route changes, the network
 /// inspectors alone (live machine only).
-fn spawn_inspections(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
+fn spawn_inspections(
+    config: &SessionConfig,
+    mut links: Option<watch::Receiver<u64>>,
+) -> watch::Receiver<Option<Value>> {
     let (tx, rx) = watch::channel(None);
     let root = config.root.clone();
-    let (mut devices, mut links) = if root.is_live() {
-        (kernel_events::devices(), kernel_events::links())
+    let mut devices = if root.is_live() {
+        kernel_events::devices()
     } else {
-        (None, None)
+        None
     };
     tokio::spawn(async move {
         let mut last: Option<Inventory> = None;
@@ -253,7 +262,12 @@ fn reinspect_network(root: &SysRoot, mut inventory: Inventory) -> Inventory {
 const LLDP_PAUSE: Duration = Duration::from_secs(300);
 
 /// Listens for LLDP in the background, publishing each window's neighbours when they change.
-fn spawn_lldp_listener(config: &SessionConfig) -> watch::Receiver<Option<Value>> {
+/// Between windows it waits [`LLDP_PAUSE`], or less when a link comes up or goes down: a
+/// server recabled to another switch port shows its new neighbour within one window.
+fn spawn_lldp_listener(
+    config: &SessionConfig,
+    mut links: Option<watch::Receiver<u64>>,
+) -> watch::Receiver<Option<Value>> {
     let (tx, rx) = watch::channel(None);
     let Some(window) = config.lldp_window else {
         return rx;
@@ -261,6 +275,7 @@ fn spawn_lldp_listener(config: &SessionConfig) -> watch::Receiver<Option<Value>>
     let root = config.root.clone();
     tokio::spawn(async move {
         loop {
+            let listened_on = qs_inspectors::lldp::up_interfaces(&root).ok();
             let r = root.clone();
             let heard =
                 tokio::task::spawn_blocking(move || qs_inspectors::lldp::listen(&r, window)).await;
@@ -286,7 +301,23 @@ fn spawn_lldp_listener(config: &SessionConfig) -> watch::Receiver<Option<Value>>
                 }
                 Err(error) => warn!(error = %error, "LLDP listener panicked"),
             }
-            tokio::time::sleep(LLDP_PAUSE).await;
+            let pause_over = tokio::time::sleep(LLDP_PAUSE);
+            tokio::pin!(pause_over);
+            loop {
+                tokio::select! {
+                    () = &mut pause_over => break,
+                    () = changed(&mut links) => {
+                        tokio::time::sleep(HOTPLUG_SETTLE).await;
+                        if let Some(events) = links.as_mut() {
+                            events.borrow_and_update();
+                        }
+                        if qs_inspectors::lldp::up_interfaces(&root).ok() != listened_on {
+                            info!("links went up or down: listening for LLDP now");
+                            break;
+                        }
+                    }
+                }
+            }
         }
     });
     rx

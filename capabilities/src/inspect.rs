@@ -69,7 +69,10 @@ impl Capability for Inspect {
         let only = parse_only(args)?;
         progress("inspecting", Some(0.0));
         let mut inventory = qs_inspectors::run_all(&self.root, only.as_deref());
-        progress("inspected; asking drives for SMART health and the BMC", Some(60.0));
+        progress(
+            "inspected; asking drives for SMART health and the BMC",
+            Some(60.0),
+        );
         qs_inspectors::add_slow_facts(&self.root, &mut inventory);
         progress("inspected", Some(100.0));
         serde_json::to_value(&inventory).map_err(|e| CapabilityError::Failed {

@@ -130,13 +130,9 @@ pub fn parse_frame(interface: &str, frame: &[u8]) -> Option<LldpNeighbor> {
     (!n.chassis_id.is_empty() && !n.port_id.is_empty()).then_some(n)
 }
 
-/// Listens on every up, non-loopback interface for `window` and returns the last neighbour
-/// heard on each, sorted by interface.
-pub fn listen(root: &SysRoot, window: Duration) -> Result<Vec<LldpNeighbor>, LldpError> {
-    if !root.is_live() {
-        return Err(LldpError::NotLive);
-    }
-    let names: Vec<String> = root
+/// The interfaces LLDP is listened for on: every up one but loopback, sorted.
+pub fn up_interfaces(root: &SysRoot) -> Result<Vec<String>, LldpError> {
+    Ok(root
         .read_dir("sys/class/net")
         .map_err(LldpError::Interfaces)?
         .into_iter()
@@ -145,7 +141,16 @@ pub fn listen(root: &SysRoot, window: Duration) -> Result<Vec<LldpNeighbor>, Lld
             root.read_trimmed(&format!("sys/class/net/{n}/operstate"))
                 .is_ok_and(|s| s == "up")
         })
-        .collect();
+        .collect())
+}
+
+/// Listens on every up, non-loopback interface for `window` and returns the last neighbour
+/// heard on each, sorted by interface.
+pub fn listen(root: &SysRoot, window: Duration) -> Result<Vec<LldpNeighbor>, LldpError> {
+    if !root.is_live() {
+        return Err(LldpError::NotLive);
+    }
+    let names = up_interfaces(root)?;
     let interfaces: Vec<pnet_datalink::NetworkInterface> = pnet_datalink::interfaces()
         .into_iter()
         .filter(|i| names.contains(&i.name))
