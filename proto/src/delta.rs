@@ -1,9 +1,10 @@
 //! The difference between two inventories as an RFC 6902 patch, kept small.
 //!
 //! A generic JSON diff compares arrays position by position, so a server that loses its first
-//! disk would send every later disk again. Here arrays are aligned on their longest common
-//! subsequence: a lost disk is one `remove`, a new NIC one `add`, and an element that changed
-//! in place (a disk's SMART health) is diffed into.
+//! disk would send every later disk again. Here arrays are also aligned on their longest
+//! common subsequence: a lost disk is one `remove`, a new NIC one `add`, and an element that
+//! changed in place (a disk's SMART health) is diffed into. Each array keeps whichever of the
+//! two patches encodes smaller, so the result is never bigger than a positional diff.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
@@ -67,10 +68,31 @@ fn array(left: &[Value], right: &[Value], at: &mut PointerBuf, ops: &mut Vec<Pat
         .take_while(|(a, b)| a == b)
         .count();
     let (l, r) = (&l[..l.len() - suffix], &r[..r.len() - suffix]);
+    let mut positional = Vec::new();
+    by_position(l, r, prefix, at, &mut positional);
     if l.len().saturating_mul(r.len()) > MAX_ALIGNED_PAIRS {
-        by_position(l, r, prefix, at, ops);
+        ops.extend(positional);
         return;
     }
+    let mut aligned = Vec::new();
+    align(l, r, prefix, at, &mut aligned);
+    let size = |ops: &[PatchOperation]| serde_json::to_vec(ops).map_or(usize::MAX, |v| v.len());
+    ops.extend(if size(&aligned) <= size(&positional) {
+        aligned
+    } else {
+        positional
+    });
+}
+
+/// The patch that follows the longest common subsequence of `l` and `r`, which start at
+/// index `prefix` of the array.
+fn align(
+    l: &[Value],
+    r: &[Value],
+    prefix: usize,
+    at: &mut PointerBuf,
+    ops: &mut Vec<PatchOperation>,
+) {
     // common[i][j]: length of the longest common subsequence of l[i..] and r[j..].
     let width = r.len() + 1;
     let mut common = vec![0u32; (l.len() + 1) * width];
