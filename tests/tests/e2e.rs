@@ -124,6 +124,47 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         assert_eq!(got, vec![expected.as_str()], "{filter}");
     }
 
+    // The BMC: whether there is one is known at registration; what it says comes with the
+    // slow facts, as a delta.
+    let servers = |filter: Value| {
+        let controller = &controller;
+        async move {
+            let (status, docs) = controller
+                .post("/api/v1/inventory/query", &json!({"filter": filter}))
+                .await?;
+            anyhow::ensure!(status == 200, "{docs}");
+            let mut got: Vec<String> = docs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["mercury_id"].as_str().map(str::to_owned))
+                .collect();
+            got.sort();
+            Ok(got)
+        }
+    };
+    let mut without_bmc = vec![ids[0].clone(), ids[1].clone()];
+    without_bmc.sort();
+    assert_eq!(
+        servers(json!({"bmc.present": false})).await.unwrap(),
+        without_bmc
+    );
+    let by_firmware = wait_until(
+        "the BMC's firmware reaches the controller",
+        WAIT,
+        || async {
+            let got = servers(json!({
+                "bmc.firmware.manufacturer_id": 10876,
+                "dmi.ipmi_device.interface": "KCS"
+            }))
+            .await?;
+            Ok((!got.is_empty()).then_some(got))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_firmware, vec![ids[2].clone()]);
+
     let (status, body) = controller
         .post(
             "/api/v1/inventory/query",
