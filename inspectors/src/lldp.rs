@@ -155,10 +155,16 @@ pub fn listen(root: &SysRoot, window: Duration) -> Result<Vec<LldpNeighbor>, Lld
         .into_iter()
         .filter(|i| names.contains(&i.name))
         .collect();
+    // Frames this host sends (its own LLDP daemon) show up on the socket too.
+    let own: Vec<[u8; 6]> = pnet_datalink::interfaces()
+        .iter()
+        .filter_map(|i| i.mac.map(|m| m.octets()))
+        .collect();
+    let own = &own;
     let results: Vec<Result<Option<LldpNeighbor>, LldpError>> = std::thread::scope(|s| {
         let handles: Vec<_> = interfaces
             .iter()
-            .map(|iface| s.spawn(move || listen_one(iface, window)))
+            .map(|iface| s.spawn(move || listen_one(iface, window, own)))
             .collect();
         handles
             .into_iter()
@@ -177,6 +183,7 @@ pub fn listen(root: &SysRoot, window: Duration) -> Result<Vec<LldpNeighbor>, Lld
 fn listen_one(
     iface: &pnet_datalink::NetworkInterface,
     window: Duration,
+    own: &[[u8; 6]],
 ) -> Result<Option<LldpNeighbor>, LldpError> {
     let config = pnet_datalink::Config {
         read_timeout: Some(Duration::from_millis(200)),
@@ -194,6 +201,7 @@ fn listen_one(
     let mut last = None;
     while Instant::now() < deadline {
         match rx.next() {
+            Ok(frame) if sent_by_us(frame, own) => {}
             Ok(frame) => {
                 if let Some(n) = parse_frame(&iface.name, frame) {
                     last = Some(n);
@@ -210,6 +218,13 @@ fn listen_one(
     Ok(last)
 }
 
+/// Whether a frame's source MAC is one of this host's.
+fn sent_by_us(frame: &[u8], own: &[[u8; 6]]) -> bool {
+    frame
+        .get(6..12)
+        .is_some_and(|source| own.iter().any(|mac| mac[..] == *source))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
@@ -218,22 +233,10 @@ pub(crate) mod tests {
 
     /// The Ethernet frames of a classic pcap file.
     pub(crate) fn pcap_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
-        let little = bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
-        let u32_at = |b: &[u8]| {
-            let a = [b[0], b[1], b[2], b[3]];
-            if little {
-                u32::from_le_bytes(a)
-            } else {
-                u32::from_be_bytes(a)
-            }
-        };
+        let mut reader = pcap_file::pcap::PcapReader::new(bytes).unwrap();
         let mut frames = Vec::new();
-        let mut off = 24;
-        while off + 16 <= bytes.len() {
-            let len = u32_at(&bytes[off + 8..]) as usize;
-            off += 16;
-            frames.push(bytes[off..off + len].to_vec());
-            off += len;
+        while let Some(packet) = reader.next_packet() {
+            frames.push(packet.unwrap().data.into_owned());
         }
         frames
     }
@@ -241,6 +244,15 @@ pub(crate) mod tests {
     fn fixture(name: &str) -> Vec<Vec<u8>> {
         let path = format!("{}/fixtures/shared/lldp/{name}", env!("CARGO_MANIFEST_DIR"));
         pcap_frames(&std::fs::read(path).unwrap())
+    }
+
+    #[test]
+    fn frames_from_this_host_are_not_neighbours() {
+        let frame = fixture("cisco-sg200.lldp.pcap").remove(0);
+        let switch: [u8; 6] = frame[6..12].try_into().unwrap();
+        assert!(sent_by_us(&frame, &[[2, 0, 0, 0, 0, 1], switch]));
+        assert!(!sent_by_us(&frame, &[[2, 0, 0, 0, 0, 1]]));
+        assert!(!sent_by_us(&frame[..8], &[switch]));
     }
 
     #[test]

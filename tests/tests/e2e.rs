@@ -616,26 +616,6 @@ impl Drop for NetnsPair {
     }
 }
 
-/// Sends every frame of a pcap file out of an interface, over and over, for some seconds.
-const PCAP_SENDER: &str = r#"
-import socket, struct, sys, time
-path, iface, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-data = open(path, "rb").read()
-order = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
-frames, off = [], 24
-while off + 16 <= len(data):
-    length = struct.unpack(order + "I", data[off + 8:off + 12])[0]
-    frames.append(data[off + 16:off + 16 + length])
-    off += 16 + length
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((iface, 0))
-end = time.time() + seconds
-while time.time() < end:
-    for frame in frames:
-        s.send(frame)
-    time.sleep(0.2)
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lldp_frames_sent_over_a_veth_are_reported_by_the_agent() {
     let Some((pair, links)) = NetnsPair::create("ll") else {
@@ -645,14 +625,8 @@ async fn lldp_frames_sent_over_a_veth_are_reported_by_the_agent() {
     // A capture from one switch (with two, the report is whichever spoke last).
     let pcap = qs_tests::repo_root().join("inspectors/fixtures/shared/lldp/cisco-sg200.lldp.pcap");
     let mut sender = tokio::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.names[1],
-            "python3",
-            "-c",
-            PCAP_SENDER,
-        ])
+        .args(["netns", "exec", &pair.names[1]])
+        .arg(qs_tests::bin_dir().join("lldp-replay"))
         .arg(&pcap)
         .args([links[1].as_str(), "8"])
         .kill_on_drop(true)
