@@ -210,6 +210,13 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         .unwrap();
     assert!(ok, "{err}");
     assert!(table.starts_with("MERCURY_ID"), "{table}");
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("BMC.LAN.IP_ADDRESS")),
+        "{table}"
+    );
     for id in &ids {
         assert!(table.contains(id.as_str()), "{table}");
     }

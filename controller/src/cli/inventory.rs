@@ -14,6 +14,8 @@ const DEFAULT_COLUMNS: &[&str] = &[
     "dmi.product_name",
     "cpu.model",
     "mem.total",
+    // Where to reach the box when the OS cannot be.
+    "bmc.lan.ip_address",
     "agent.online",
 ];
 
