@@ -10,6 +10,9 @@ use qs_proto::inventory::{Bmc, BmcFirmware, BmcLan, BmcUser, InspectorError};
 use crate::SysRoot;
 
 const IPMI_CLASS: &str = "sys/class/ipmi";
+/// A healthy BMC answers each of these commands within seconds; a wedged one would otherwise
+/// hold the slow facts (SMART health among them) for ipmitool's own minutes of retries.
+const IPMITOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the host has an IPMI device, and which; the reason when it has none.
 pub fn presence(root: &SysRoot) -> Bmc {
@@ -47,14 +50,15 @@ pub fn add_details(root: &SysRoot, bmc: &mut Bmc, errors: &mut Vec<InspectorErro
     }
     // Ok(None): ipmitool is not installed; Err: the BMC did not answer this command.
     let mut ask = |args: &[&str]| -> Result<Option<String>, ()> {
-        root.run("ipmitool", args).map_err(|error| {
-            let message = format!("ipmitool {}: {}", args.join(" "), crate::chain(&error));
-            tracing::warn!(error = %message, "BMC command failed");
-            errors.push(InspectorError {
-                inspector: "bmc".to_owned(),
-                message,
-            });
-        })
+        root.run_within("ipmitool", args, IPMITOOL_TIMEOUT)
+            .map_err(|error| {
+                let message = format!("ipmitool {}: {}", args.join(" "), crate::chain(&error));
+                tracing::warn!(error = %message, "BMC command failed");
+                errors.push(InspectorError {
+                    inspector: "bmc".to_owned(),
+                    message,
+                });
+            })
     };
     match ask(&["mc", "info"]) {
         Ok(Some(out)) => bmc.firmware = Some(parse_mc_info(&out)),

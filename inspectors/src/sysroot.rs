@@ -19,9 +19,10 @@ const ADDRESSES_FILE: &str = ".qs/addresses.json";
 const COMMANDS_DIR: &str = ".qs/commands";
 /// Where vendor tools install themselves outside PATH.
 const TOOL_DIRS: &[&str] = &["/opt/MegaRAID/storcli", "/opt/smartstorageadmin/ssacli/bin"];
-/// How long a tool may run.
 /// Marks a recorded command that failed; the file holds its status line, then its stderr.
 const FAILED_SUFFIX: &str = ".failed";
+/// How long a tool may run unless its caller says otherwise (storcli on a big controller is
+/// slow).
 const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Symlink hops allowed while resolving one path (Linux allows 40).
 const MAX_HOPS: usize = 40;
@@ -351,6 +352,16 @@ impl SysRoot {
     /// Runs a tool and returns its stdout, or None when the tool is not installed. Captured
     /// roots replay the output recorded for the same command line.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<Option<String>, SysRootError> {
+        self.run_within(program, args, TOOL_TIMEOUT)
+    }
+
+    /// Like [`SysRoot::run`], killing the tool after `timeout`.
+    pub fn run_within(
+        &self,
+        program: &str,
+        args: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<Option<String>, SysRootError> {
         let file = format!("{COMMANDS_DIR}/{}", command_file_name(program, args));
         let failed = format!("{file}{FAILED_SUFFIX}");
         if !self.live {
@@ -375,7 +386,7 @@ impl SysRoot {
         let Some(path) = find_program(program) else {
             return Ok(None);
         };
-        let result = run_with_timeout(program, &path, args);
+        let result = run_with_timeout(program, &path, args, timeout);
         if let Some(dir) = &self.record {
             // A failure is a fact about the machine too (a BMC that lacks a command): keep it
             // so the replay fails the same way.
@@ -456,7 +467,12 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn run_with_timeout(program: &str, path: &Path, args: &[&str]) -> Result<String, SysRootError> {
+fn run_with_timeout(
+    program: &str,
+    path: &Path,
+    args: &[&str],
+    timeout: std::time::Duration,
+) -> Result<String, SysRootError> {
     use std::io::Read;
     let mut child = std::process::Command::new(path)
         .args(args)
@@ -477,12 +493,12 @@ fn run_with_timeout(program: &str, path: &Path, args: &[&str]) -> Result<String,
         let _ = stderr.as_mut().map(|s| s.read_to_string(&mut err));
         let _ = tx.send((read_out, out, err));
     });
-    let Ok((read_out, out, err)) = rx.recv_timeout(TOOL_TIMEOUT) else {
+    let Ok((read_out, out, err)) = rx.recv_timeout(timeout) else {
         let _ = child.kill();
         let _ = child.wait();
         return Err(SysRootError::CommandTimeout {
             program: program.to_owned(),
-            seconds: TOOL_TIMEOUT.as_secs(),
+            seconds: timeout.as_secs(),
         });
     };
     let status = child.wait().map_err(|source| SysRootError::Command {
@@ -564,6 +580,7 @@ fn live_addresses() -> Result<BTreeMap<String, Vec<String>>, SysRootError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
 
     fn tree() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -661,6 +678,17 @@ mod tests {
             read_small(&dir.path().join("sys/class/net/eth0/mtu")).ok(),
             Some(b"1500\n".to_vec())
         );
+    }
+
+    #[test]
+    fn a_tool_that_hangs_is_killed_at_its_deadline() {
+        let started = std::time::Instant::now();
+        let result = SysRoot::live().run_within("sleep", &["30"], Duration::from_millis(300));
+        assert!(
+            matches!(result, Err(SysRootError::CommandTimeout { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
