@@ -275,10 +275,14 @@ fn spawn_lldp_listener(
     let root = config.root.clone();
     tokio::spawn(async move {
         loop {
-            let listened_on = qs_inspectors::lldp::up_interfaces(&root).ok();
             let r = root.clone();
-            let heard =
-                tokio::task::spawn_blocking(move || qs_inspectors::lldp::listen(&r, window)).await;
+            let listened_on = qs_inspectors::lldp::up_interfaces(&root).ok();
+            let names = listened_on.clone();
+            let heard = tokio::task::spawn_blocking(move || match names {
+                Some(names) if r.is_live() => qs_inspectors::lldp::listen_on(&names, window),
+                _ => qs_inspectors::lldp::listen(&r, window),
+            })
+            .await;
             match heard {
                 Ok(Ok(neighbours)) => {
                     info!(

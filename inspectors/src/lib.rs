@@ -215,7 +215,7 @@ pub fn run_all(root: &SysRoot, only: Option<&[InspectorName]>) -> Inventory {
 /// apart so the quick facts never wait for it.
 pub fn add_slow_facts(root: &SysRoot, inventory: &mut Inventory) {
     std::thread::scope(|s| {
-        let bmc = inventory.bmc.as_mut().map(|bmc| {
+        let bmc = inventory.bmc.as_mut().filter(|b| b.present).map(|bmc| {
             s.spawn(move || {
                 let mut errors = Vec::new();
                 bmc::add_details(root, bmc, &mut errors);

@@ -150,17 +150,22 @@ pub fn listen(root: &SysRoot, window: Duration) -> Result<Vec<LldpNeighbor>, Lld
     if !root.is_live() {
         return Err(LldpError::NotLive);
     }
-    let names = up_interfaces(root)?;
-    let interfaces: Vec<pnet_datalink::NetworkInterface> = pnet_datalink::interfaces()
-        .into_iter()
-        .filter(|i| names.contains(&i.name))
-        .collect();
+    listen_on(&up_interfaces(root)?, window)
+}
+
+/// Listens on the named interfaces of this machine for `window`, as [`listen`] does.
+pub fn listen_on(names: &[String], window: Duration) -> Result<Vec<LldpNeighbor>, LldpError> {
+    let all = pnet_datalink::interfaces();
     // Frames this host sends (its own LLDP daemon) show up on the socket too.
-    let own: Vec<[u8; 6]> = pnet_datalink::interfaces()
+    let own: Vec<[u8; 6]> = all
         .iter()
         .filter_map(|i| i.mac.map(|m| m.octets()))
         .collect();
     let own = &own;
+    let interfaces: Vec<pnet_datalink::NetworkInterface> = all
+        .into_iter()
+        .filter(|i| names.contains(&i.name))
+        .collect();
     let results: Vec<Result<Option<LldpNeighbor>, LldpError>> = std::thread::scope(|s| {
         let handles: Vec<_> = interfaces
             .iter()
