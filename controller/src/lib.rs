@@ -4,7 +4,6 @@
 //! - [`serve`]: `qs serve` — validated configuration and the process that runs everything;
 //! - [`agents`]: the agent-facing ZeroMQ endpoint ([`agents::frame_guard`] in front of the
 //!   ROUTER socket, [`agents::link`] speaking the protocol), and the registry of agent state;
-//! - [`inventory`]: the MongoDB query language over inventory documents;
 //! - [`store`]: where inventory documents live (embedded by default);
 //! - [`http`]: the operator HTTP API (`/api/v1`);
 //! - [`cli`]: the operator commands that talk to that API.
@@ -15,7 +14,6 @@
 pub mod agents;
 pub mod cli;
 pub mod http;
-pub mod inventory;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::inventory::query::{Query, QueryError};
 use crate::store::{Store, StoreError};
+use qs_query::{Query, QueryError};
 
 /// Why the registry could not read or write agent state.
 #[derive(Debug, thiserror::Error)]

@@ -21,8 +21,8 @@ pub use error::ApiError;
 use crate::agents::counters::{Counters, CountersSnapshot};
 use crate::agents::link::{AgentLink, CallError};
 use crate::agents::registry::{AgentSummary, Registry};
-use crate::inventory::query::Query;
 use crate::store::Store;
+use qs_query::Query;
 
 /// What the handlers share.
 #[derive(Clone)]

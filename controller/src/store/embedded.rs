@@ -13,7 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Map, Value};
 
 use super::StoreError;
-use crate::inventory::query::Query;
+use qs_query::Query;
 
 const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory");
 const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::inventory::query::Query;
+use qs_query::Query;
 
 /// Why the store could not serve a request.
 #[derive(Debug, thiserror::Error)]

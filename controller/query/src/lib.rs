@@ -5,7 +5,7 @@
 //! MongoDB's, so the embedded store and a MongoDB backend answer the same queries the same way.
 //!
 //! ```
-//! use qs_controller::inventory::query::Query;
+//! use qs_query::Query;
 //! let q = Query::from_request(&serde_json::json!({"filter": {"mem.total": {"$gte": 1024}}, "limit": 10})).unwrap();
 //! let docs = [serde_json::json!({"mercury_id": "a", "mem": {"total": 2048}})];
 //! assert_eq!(q.run(docs.iter()).len(), 1);
