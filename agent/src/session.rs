@@ -441,6 +441,7 @@ async fn register(
         capabilities: agent.capabilities.describe(),
         inventory,
         inventory_version,
+        image_id: None,
     });
     send(outbox, Envelope::new(id, body)).await?;
     Ok(id)

@@ -37,6 +37,7 @@ fn main() {
                 capabilities: vec![],
                 inventory,
                 inventory_version: 1,
+                image_id: None,
             }),
         );
         let frame = codec::encode(&env).unwrap();

@@ -144,6 +144,7 @@ mod tests {
                 }],
                 inventory: serde_json::json!({"mem": {"total": 1024}}),
                 inventory_version: 1,
+                image_id: None,
             }),
             Body::Registered(Registered {
                 heartbeat_interval_ms: 5000,

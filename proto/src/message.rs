@@ -67,6 +67,9 @@ pub struct Register {
     /// The agent's version number of that inventory; deltas name the version they apply to.
     #[serde(default)]
     pub inventory_version: u64,
+    /// Build id of the boot image the agent runs in (`image.json`), when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 /// The controller accepted a registration.
