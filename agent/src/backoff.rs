@@ -37,6 +37,19 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
+
+    /// The delay before dialling again after a session ended. A session the controller
+    /// registered proves the controller was up and accepting this agent, however short it
+    /// was (a controller restart, a proxy dropping idle connections): the next dial starts
+    /// from the initial delay. Only sessions that never registered (refused connection,
+    /// unanswered registration) make the delay grow; the jitter spreads a fleet that lost
+    /// its controller at once.
+    pub fn after_session(&mut self, registered: bool) -> Duration {
+        if registered {
+            self.reset();
+        }
+        self.next_delay()
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +69,22 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(125));
+    }
+
+    #[test]
+    fn short_registered_sessions_keep_the_delay_short() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        for _ in 0..10 {
+            assert!(b.after_session(true) <= Duration::from_millis(125));
+        }
+    }
+
+    #[test]
+    fn unregistered_sessions_grow_the_delay_until_one_registers() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let grown: Vec<Duration> = (0..6).map(|_| b.after_session(false)).collect();
+        assert!(grown[5] >= Duration::from_millis(2400), "{grown:?}");
+        assert!(b.after_session(true) <= Duration::from_millis(125));
+        assert!(b.after_session(false) >= Duration::from_millis(150));
     }
 }

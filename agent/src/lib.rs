@@ -2,13 +2,16 @@
 //!
 //! - [`identity`]: the MercuryId of the machine under a root, with its explanation;
 //! - [`session`]: the connection to the controller — register, heartbeat, serve calls, and
-//!   reconnect with [`backoff`] when the controller goes away.
+//!   reconnect with [`backoff`] when the controller goes away; [`session::serve_controller`]
+//!   also drives simulated agents (benches) through the same code;
+//! - [`reinspection`]: what the agent learns after registering (slow facts, hotplug, LLDP).
 //!
 //! The agent ships in the boot image, so it links no HTTP server or database client.
 
 pub mod backoff;
 pub mod identity;
 pub mod kernel_events;
+pub mod reinspection;
 pub mod sent_inventory;
 pub mod session;
 
@@ -160,10 +163,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             reply_timeout,
             lldp,
         } => {
-            let config =
-                session::SessionConfig::new(&controller, sysroot(root), max_frame, reply_timeout)?
-                    .with_lldp((lldp > 0).then(|| Duration::from_secs(lldp)));
-            session::run(config).await
+            let config = session::SessionConfig::new(&controller, max_frame, reply_timeout)?;
+            let lldp = (lldp > 0).then(|| Duration::from_secs(lldp));
+            session::run(config, sysroot(root), lldp).await
         }
     }
 }

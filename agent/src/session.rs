@@ -6,7 +6,14 @@
 //! intervals (or a reply times out), the session is dropped and a new one is dialled with
 //! exponential backoff. A controller that restarted answers the first heartbeat with
 //! `not_registered`, and the agent registers again on the same connection.
+//!
+//! [`run`] is `qs-agent run`: it inspects the machine, starts the background inspections and
+//! serves the controller with [`serve_controller`]. Simulated fleets (the boot-storm bench)
+//! call [`serve_controller`] directly with an [`Agent`] built from a given id, inventory and
+//! capabilities, and watch it through a [`SessionObserver`]: the same session code, without
+//! inspection, signals, LLDP or kernel events.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,30 +36,29 @@ use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMes
 use crate::backoff::Backoff;
 use crate::identity;
 use crate::kernel_events;
+use crate::reinspection;
 use crate::sent_inventory::SentInventory;
 
 /// How long to wait between attempts to derive a MercuryId when nothing usable was found.
 const ID_RETRY: Duration = Duration::from_secs(30);
 /// Heartbeat interval until the controller says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// First reconnect delay, doubled after each session that did not register.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
-/// Validated settings of `qs-agent run`.
+/// Validated settings of a connection to the controller.
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
     endpoint: String,
-    root: SysRoot,
     max_frame: usize,
     reply_timeout: Duration,
-    lldp_window: Option<Duration>,
 }
 
 impl SessionConfig {
     /// Checks the controller endpoint (`tcp://HOST:PORT`) and keeps the rest.
-    pub fn new(
-        endpoint: &str,
-        root: SysRoot,
-        max_frame: usize,
-        reply_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn new(endpoint: &str, max_frame: usize, reply_timeout: Duration) -> anyhow::Result<Self> {
         let Some(rest) = endpoint.strip_prefix("tcp://") else {
             bail!("--controller must look like tcp://HOST:PORT, got {endpoint:?}");
         };
@@ -67,22 +73,26 @@ impl SessionConfig {
         }
         Ok(Self {
             endpoint: endpoint.to_owned(),
-            root,
             max_frame,
             reply_timeout,
-            lldp_window: None,
         })
-    }
-
-    /// Listen for LLDP neighbours for `window` at a time (None: never).
-    pub fn with_lldp(mut self, window: Option<Duration>) -> Self {
-        self.lldp_window = window;
-        self
     }
 }
 
-/// State shared by the session loop and the tasks serving calls.
-struct Agent {
+/// What a session reports as it goes, for benches and simulated fleets. Called on the session's
+/// task, so implementations must be quick; every method does nothing by default.
+pub trait SessionObserver: Send + Sync {
+    /// The controller acknowledged a registration; `nth` counts them in this session from 1
+    /// (more than one: the controller forgot the session and the agent registered again).
+    fn registered(&self, _nth: u32) {}
+    /// The controller echoed a heartbeat `rtt` after it was sent.
+    fn heartbeat_echoed(&self, _rtt: Duration) {}
+    /// A session ended (the next one is dialled after a backoff).
+    fn session_ended(&self, _end: &SessionEnd) {}
+}
+
+/// Who the agent is and what it offers: shared by the session loop and the tasks serving calls.
+pub struct Agent {
     id: MercuryId,
     capabilities: Registry,
     boot_id: String,
@@ -94,242 +104,134 @@ struct Agent {
     lldp: watch::Receiver<Option<Value>>,
     /// The latest full inventory from the background inspections (slow facts, hotplug).
     slow: watch::Receiver<Option<Value>>,
+    observer: Option<Arc<dyn SessionObserver>>,
 }
 
-/// Why a session ended (the controller went away or stopped answering).
-enum SessionEnd {
-    Lost(String),
+impl Agent {
+    /// An agent known as `id` that registers with `inventory` (its `mercury_id` is set to `id`)
+    /// and serves `capabilities`; without updates it never sends another inventory.
+    pub fn new(
+        id: MercuryId,
+        mut inventory: Value,
+        capabilities: Registry,
+        boot_id: String,
+    ) -> Self {
+        if let Some(map) = inventory.as_object_mut() {
+            map.insert("mercury_id".into(), id.to_string().into());
+        }
+        Self {
+            id,
+            capabilities,
+            boot_id,
+            inventory: Mutex::new(SentInventory::new(inventory)),
+            exclusive: Mutex::new(()),
+            lldp: watch::channel(None).1,
+            slow: watch::channel(None).1,
+            observer: None,
+        }
+    }
+
+    /// Sends each full inventory published on `inventories` (re-inspections) as an update.
+    pub fn with_inventory_updates(mut self, inventories: watch::Receiver<Option<Value>>) -> Self {
+        self.slow = inventories;
+        self
+    }
+
+    /// Adds the LLDP neighbours published on `neighbours` to the inventory.
+    pub fn with_lldp(mut self, neighbours: watch::Receiver<Option<Value>>) -> Self {
+        self.lldp = neighbours;
+        self
+    }
+
+    /// Reports what each session does to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn SessionObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The MercuryId it registers with.
+    pub fn id(&self) -> &MercuryId {
+        &self.id
+    }
 }
 
-/// Inspects, then serves the controller until SIGINT/SIGTERM, reconnecting as needed.
-pub async fn run(config: SessionConfig) -> anyhow::Result<()> {
-    let (inventory, id) = inspect_until_identified(&config.root).await?;
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    /// Registrations the controller acknowledged during the session.
+    pub registrations: u32,
+    /// Why it ended (the controller went away, stopped answering, or refused).
+    pub reason: String,
+}
+
+/// Why the session loop returned.
+enum Lost {
+    /// The connection or the controller failed: dial again.
+    Reason(String),
+}
+
+/// Inspects the machine under `root`, then serves the controller until SIGINT/SIGTERM,
+/// reconnecting as needed (`qs-agent run`). `lldp_window`: listen for LLDP neighbours that
+/// long at a time (None: never).
+pub async fn run(
+    config: SessionConfig,
+    root: SysRoot,
+    lldp_window: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (identified, id) = inspect_until_identified(&root).await?;
     // The first stdout line tells scripts and tests who this agent is.
     println!("{}", serde_json::json!({"mercury_id": id.to_string()}));
     info!(mercury_id = %id, controller = %config.endpoint, "agent starting");
+    let inventory = serde_json::to_value(&identified).context("inventory is not serialisable")?;
     // Link changes feed both the network re-inspection and the LLDP listener.
-    let links = if config.root.is_live() {
+    let links = if root.is_live() {
         kernel_events::links()
     } else {
         None
     };
-    let agent = Arc::new(Agent {
-        boot_id: identity::boot_id(&config.root),
-        capabilities: Registry::standard(config.root.clone()),
+    let agent = Agent::new(
         id,
-        inventory: Mutex::new(SentInventory::new(inventory)),
-        exclusive: Mutex::new(()),
-        lldp: spawn_lldp_listener(&config, links.clone()),
-        slow: spawn_inspections(&config, links),
-    });
-    let shutdown = shutdown_signal();
+        inventory,
+        Registry::standard(root.clone()),
+        identity::boot_id(&root),
+    )
+    .with_lldp(reinspection::spawn_lldp_listener(
+        root.clone(),
+        lldp_window,
+        links.clone(),
+    ))
+    .with_inventory_updates(reinspection::spawn_inspections(root, identified, links));
+    serve_controller(Arc::new(agent), &config, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Serves the controller as `agent` until `shutdown` completes: one session after another,
+/// dialled again after a backoff whenever one ends.
+pub async fn serve_controller(
+    agent: Arc<Agent>,
+    config: &SessionConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
     loop {
-        let started = Instant::now();
         let end = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            end = session(&agent, &config) => end,
+            () = &mut shutdown => return,
+            end = session(&agent, config) => end,
         };
-        let reason = match end {
-            Ok(SessionEnd::Lost(reason)) => reason,
-            Err(error) => format!("{error:#}"),
-        };
-        // A session that lasted a while was healthy: start the next one quickly.
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff.reset();
+        if let Some(observer) = &agent.observer {
+            observer.session_ended(&end);
         }
-        let delay = backoff.next_delay();
-        warn!(reason = %reason, retry_in = ?delay, "controller session lost");
+        let delay = backoff.after_session(end.registrations > 0);
+        warn!(reason = %end.reason, registrations = end.registrations, retry_in = ?delay, "controller session lost");
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => return,
             () = tokio::time::sleep(delay) => {}
         }
     }
 }
 
-/// How long a burst of kernel events (a disk and its partitions, a link and its addresses)
-/// gets to settle before inspecting again.
-const HOTPLUG_SETTLE: Duration = Duration::from_secs(2);
-
-/// What the next background inspection has to look at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reinspect {
-    /// Everything, slow facts included: start-up, or a device came or went.
-    Everything,
-    /// Only interfaces and routes: a link went up or down, an address or route changed.
-    Network,
-}
-
-/// Waits for a kernel event counter to move; a source that is missing or stopped never does.
-async fn changed(events: &mut Option<watch::Receiver<u64>>) {
-    match events {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                *events = None;
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
-/// Full inspections in the background: once after start-up with the slow facts (SMART, BMC),
-/// so registration never waits for them; again whenever the kernel reports a network or block
-/// device appearing or disappearing; and, for link, address and route changes, the network
-/// inspectors alone (live machine only).
-fn spawn_inspections(
-    config: &SessionConfig,
-    mut links: Option<watch::Receiver<u64>>,
-) -> watch::Receiver<Option<Value>> {
-    let (tx, rx) = watch::channel(None);
-    let root = config.root.clone();
-    let mut devices = if root.is_live() {
-        kernel_events::devices()
-    } else {
-        None
-    };
-    tokio::spawn(async move {
-        let mut last: Option<Inventory> = None;
-        let mut next = Reinspect::Everything;
-        loop {
-            let r = root.clone();
-            let previous = last.take();
-            let inspected = tokio::task::spawn_blocking(move || match (next, previous) {
-                (Reinspect::Network, Some(previous)) => reinspect_network(&r, previous),
-                _ => identity::inspect(&r, None),
-            })
-            .await;
-            match inspected {
-                Ok(inventory) => {
-                    match serde_json::to_value(&inventory) {
-                        Ok(doc) => {
-                            tx.send_if_modified(|current| {
-                                let changed = current.as_ref() != Some(&doc);
-                                *current = Some(doc);
-                                changed
-                            });
-                        }
-                        Err(error) => warn!(error = %error, "full inventory is not serialisable"),
-                    }
-                    last = Some(inventory);
-                }
-                Err(error) => warn!(error = %error, "inspection panicked"),
-            }
-            if devices.is_none() && links.is_none() {
-                return;
-            }
-            next = tokio::select! {
-                () = changed(&mut devices) => Reinspect::Everything,
-                () = changed(&mut links) => Reinspect::Network,
-            };
-            tokio::time::sleep(HOTPLUG_SETTLE).await;
-            // A device event during the settling time widens a network-only look.
-            if devices
-                .as_ref()
-                .is_some_and(|d| d.has_changed().unwrap_or(false))
-            {
-                next = Reinspect::Everything;
-            }
-            for events in [&mut devices, &mut links].into_iter().flatten() {
-                events.borrow_and_update();
-            }
-            match next {
-                Reinspect::Everything => info!("hardware changed: inspecting again"),
-                Reinspect::Network => info!("links changed: inspecting the network again"),
-            }
-        }
-    });
-    rx
-}
-
-/// The previous inventory with its interfaces and routes inspected again.
-fn reinspect_network(root: &SysRoot, mut inventory: Inventory) -> Inventory {
-    use qs_inspectors::InspectorName as N;
-    let network = [N::Interfaces, N::Routes];
-    let fresh = qs_inspectors::run_all(root, Some(&network));
-    inventory.interfaces = fresh.interfaces;
-    inventory.routes = fresh.routes;
-    inventory
-        .errors
-        .retain(|e| !network.iter().any(|n| n.as_str() == e.inspector));
-    inventory.errors.extend(fresh.errors);
-    inventory
-}
-
-/// How long to wait between LLDP listening windows: switches announce every 30 s, and
-/// neighbours change only when someone recables.
-const LLDP_PAUSE: Duration = Duration::from_secs(300);
-
-/// Listens for LLDP in the background, publishing each window's neighbours when they change.
-/// Between windows it waits [`LLDP_PAUSE`], or less when a link comes up or goes down: a
-/// server recabled to another switch port shows its new neighbour within one window.
-fn spawn_lldp_listener(
-    config: &SessionConfig,
-    mut links: Option<watch::Receiver<u64>>,
-) -> watch::Receiver<Option<Value>> {
-    let (tx, rx) = watch::channel(None);
-    let Some(window) = config.lldp_window else {
-        return rx;
-    };
-    let root = config.root.clone();
-    tokio::spawn(async move {
-        loop {
-            let r = root.clone();
-            let listened_on = qs_inspectors::lldp::up_interfaces(&root).ok();
-            let names = listened_on.clone();
-            let heard = tokio::task::spawn_blocking(move || match names {
-                Some(names) if r.is_live() => qs_inspectors::lldp::listen_on(&names, window),
-                _ => qs_inspectors::lldp::listen(&r, window),
-            })
-            .await;
-            match heard {
-                Ok(Ok(neighbours)) => {
-                    info!(
-                        neighbours = neighbours.len(),
-                        "LLDP listening window closed"
-                    );
-                    let value = serde_json::to_value(&neighbours).ok();
-                    tx.send_if_modified(|current| {
-                        let changed = *current != value;
-                        *current = value;
-                        changed
-                    });
-                }
-                Ok(Err(qs_inspectors::lldp::LldpError::NotLive)) => {
-                    info!("not listening for LLDP: the root is a captured tree");
-                    return;
-                }
-                Ok(Err(error)) => {
-                    warn!(error = %ErrorReport::from_error(&error), "LLDP listening failed")
-                }
-                Err(error) => warn!(error = %error, "LLDP listener panicked"),
-            }
-            let pause_over = tokio::time::sleep(LLDP_PAUSE);
-            tokio::pin!(pause_over);
-            loop {
-                tokio::select! {
-                    () = &mut pause_over => break,
-                    () = changed(&mut links) => {
-                        tokio::time::sleep(HOTPLUG_SETTLE).await;
-                        if let Some(events) = links.as_mut() {
-                            events.borrow_and_update();
-                        }
-                        if qs_inspectors::lldp::up_interfaces(&root).ok() != listened_on {
-                            info!("links went up or down: listening for LLDP now");
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-async fn inspect_until_identified(
-    root: &SysRoot,
-) -> anyhow::Result<(serde_json::Value, MercuryId)> {
+async fn inspect_until_identified(root: &SysRoot) -> anyhow::Result<(Inventory, MercuryId)> {
     loop {
         let r = root.clone();
         let inventory = tokio::task::spawn_blocking(move || identity::inspect_quickly(&r, None))
@@ -338,12 +240,7 @@ async fn inspect_until_identified(
         match identity::derive(&inventory) {
             Ok(derivation) => {
                 info!(mercury_id = %derivation.id, rule = %derivation.rule, "identified");
-                let mut doc =
-                    serde_json::to_value(&inventory).context("inventory is not serialisable")?;
-                if let Some(map) = doc.as_object_mut() {
-                    map.insert("mercury_id".into(), derivation.id.to_string().into());
-                }
-                return Ok((doc, derivation.id));
+                return Ok((inventory, derivation.id));
             }
             Err(no_id) => {
                 // Never invent an id: say why, and look again later (firmware or NICs may appear).
@@ -380,7 +277,24 @@ impl Ids {
     }
 }
 
-async fn session(agent: &Arc<Agent>, config: &SessionConfig) -> anyhow::Result<SessionEnd> {
+/// One connection: dial, register, serve until it is lost.
+async fn session(agent: &Arc<Agent>, config: &SessionConfig) -> SessionEnd {
+    let mut registrations = 0;
+    let reason = match connect_and_serve(agent, config, &mut registrations).await {
+        Ok(Lost::Reason(reason)) => reason,
+        Err(error) => format!("{error:#}"),
+    };
+    SessionEnd {
+        registrations,
+        reason,
+    }
+}
+
+async fn connect_and_serve(
+    agent: &Arc<Agent>,
+    config: &SessionConfig,
+    registrations: &mut u32,
+) -> anyhow::Result<Lost> {
     let mut options = SocketOptions::default();
     options.peer_identity(
         agent
@@ -411,7 +325,7 @@ async fn session(agent: &Arc<Agent>, config: &SessionConfig) -> anyhow::Result<S
             }
         }
     });
-    let end = serve(agent, config, &mut recv_half, &outbox).await;
+    let end = serve(agent, config, &mut recv_half, &outbox, registrations).await;
     writer.abort();
     end
 }
@@ -452,11 +366,14 @@ async fn serve(
     config: &SessionConfig,
     recv: &mut zeromq::DealerRecvHalf,
     outbox: &mpsc::Sender<Envelope>,
-) -> anyhow::Result<SessionEnd> {
+    registrations: &mut u32,
+) -> anyhow::Result<Lost> {
     let mut ids = Ids(0);
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let mut registering = Some((register(agent, &mut ids, outbox).await?, Instant::now()));
     let mut last_heard = Instant::now();
+    // The last heartbeat sent and when, to time its echo.
+    let mut heartbeat_sent: Option<(MessageId, Instant)> = None;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lldp = agent.lldp.clone();
@@ -468,15 +385,17 @@ async fn serve(
             _ = ticker.tick() => {
                 if let Some((_, since)) = registering {
                     if since.elapsed() > config.reply_timeout {
-                        return Ok(SessionEnd::Lost("registration was not answered".into()));
+                        return Ok(Lost::Reason("registration was not answered".into()));
                     }
                     continue;
                 }
                 let silence = last_heard.elapsed();
                 if silence > (heartbeat * 3).max(config.reply_timeout) {
-                    return Ok(SessionEnd::Lost(format!("controller silent for {silence:?}")));
+                    return Ok(Lost::Reason(format!("controller silent for {silence:?}")));
                 }
-                send(outbox, Envelope::new(ids.next(), Body::Heartbeat(Heartbeat {}))).await?;
+                let id = ids.next();
+                heartbeat_sent = Some((id, Instant::now()));
+                send(outbox, Envelope::new(id, Body::Heartbeat(Heartbeat {}))).await?;
             }
             changed = slow.changed(), if slow_open && registering.is_none() => {
                 if changed.is_err() {
@@ -508,7 +427,7 @@ async fn serve(
             message = recv.recv() => {
                 let message = match message {
                     Ok(m) => m,
-                    Err(error) => return Ok(SessionEnd::Lost(format!("receive failed: {error}"))),
+                    Err(error) => return Ok(Lost::Reason(format!("receive failed: {error}"))),
                 };
                 let Some(frame) = message.get(0).cloned() else { continue };
                 let env = match codec::decode(&frame, config.max_frame) {
@@ -523,13 +442,26 @@ async fn serve(
                     Body::Registered(registered) => {
                         if registering.is_some_and(|(id, _)| Some(id) == env.re) {
                             registering = None;
+                            *registrations += 1;
+                            if let Some(observer) = &agent.observer {
+                                observer.registered(*registrations);
+                            }
                             heartbeat = Duration::from_millis(registered.heartbeat_interval_ms.clamp(100, 600_000));
                             ticker = tokio::time::interval(heartbeat);
                             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             info!(heartbeat = ?heartbeat, "registered with the controller");
                         }
                     }
-                    Body::Heartbeat(_) => {}
+                    Body::Heartbeat(_) => {
+                        if let Some((id, sent)) = heartbeat_sent {
+                            if env.re == Some(id) {
+                                heartbeat_sent = None;
+                                if let Some(observer) = &agent.observer {
+                                    observer.heartbeat_echoed(sent.elapsed());
+                                }
+                            }
+                        }
+                    }
                     Body::Error(ErrorBody { code: ErrorCode::NotRegistered, .. }) => {
                         if registering.is_none() {
                             info!("controller does not know this session (restarted?): registering again");
