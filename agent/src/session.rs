@@ -355,10 +355,19 @@ async fn register(
         capabilities: agent.capabilities.describe(),
         inventory,
         inventory_version,
-        image_id: None,
+        image_id: image_id(),
     });
     send(outbox, Envelope::new(id, body)).await?;
     Ok(id)
+}
+
+/// The boot image's build id, which `images/build` writes to `/etc/qs/image-id`; an agent run
+/// outside the image has none.
+fn image_id() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/qs/image-id").ok()?;
+    let id = text.trim();
+    (!id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
+        .then(|| id.to_owned())
 }
 
 async fn serve(
