@@ -48,6 +48,14 @@ pub struct ServeArgs {
     /// Also start a `qs-agent` on this machine (found next to `qs`), connected to this controller.
     #[arg(long)]
     local_agent: bool,
+    /// Serve the boot image (iPXE script, kernel, initramfs) from this directory on the HTTP
+    /// port; default: `images/out` of the workspace `qs` was built in, when it holds a kernel.
+    #[arg(long, env = "QS_BOOT_DIR")]
+    boot_dir: Option<PathBuf>,
+    /// The agent endpoint boot scripts give servers (`tcp://HOST:PORT`); default: the host the
+    /// script request came to (its Host header) with the agent port.
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 /// Validated settings of the controller.
@@ -67,6 +75,10 @@ pub struct ServeConfig {
     pub heartbeat_timeout: Duration,
     /// Start a local agent.
     pub local_agent: bool,
+    /// Where the boot image is served from; `None`: no boot serving.
+    pub boot_dir: Option<PathBuf>,
+    /// The agent endpoint written into boot scripts instead of the Host header's host.
+    pub advertise: Option<String>,
 }
 
 impl ServeArgs {
@@ -87,6 +99,11 @@ impl ServeArgs {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             local_agent: self.local_agent,
+            boot_dir: boot_dir(self.boot_dir)?,
+            advertise: (self.advertise.as_deref())
+                .map(qs_boot::script::parse_advertise)
+                .transpose()
+                .context("--advertise must look like tcp://HOST:PORT")?,
         })
     }
 }
@@ -137,6 +154,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for agents on {}", config.agents))?;
     let agents_addr = agent_listener.local_addr()?;
+    let boot = boot_routes(&config, agents_addr.port(), store.clone());
     let http_listener = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
@@ -168,6 +186,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         link: link.clone(),
         counters,
     });
+
+    let app = app.merge(boot);
 
     // The first stdout line is for scripts and tests: the addresses actually bound.
     println!(
@@ -259,6 +279,33 @@ fn spawn_local_agent(agents: SocketAddr) -> anyhow::Result<tokio::process::Child
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", agent.display()))
+}
+
+/// `--boot-dir`, or `images/out` beside this build when it holds a kernel; an explicit
+/// directory that does not exist is a mistake, said at once.
+fn boot_dir(flag: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    match flag {
+        Some(dir) if dir.is_dir() => Ok(Some(dir)),
+        Some(dir) => bail!("--boot-dir {} is not a directory", dir.display()),
+        None => Ok(std::env::current_exe()
+            .ok()
+            .and_then(|exe| qs_boot::default_boot_dir(&exe))),
+    }
+}
+
+/// The boot image routes (unauthenticated: firmware cannot send tokens), or none, said at start.
+fn boot_routes(config: &ServeConfig, agent_port: u16, store: Store) -> axum::Router {
+    let Some(dir) = &config.boot_dir else {
+        info!("no boot serving: no --boot-dir, and no images/out with a kernel beside this build");
+        return axum::Router::new();
+    };
+    info!(dir = %dir.display(), "serving boot image from {}", dir.display());
+    let boot = qs_boot::BootConfig {
+        dir: dir.clone(),
+        agent_port,
+        advertise: config.advertise.clone(),
+    };
+    qs_boot::router(boot, crate::http::hosts::StoreHosts::new(store))
 }
 
 async fn wait_for_signal() {

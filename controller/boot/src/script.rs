@@ -55,6 +55,15 @@ pub fn controller_from_host(host_header: &str, agent_port: u16) -> Result<String
     Ok(format!("tcp://{name}:{agent_port}"))
 }
 
+/// `qs serve --advertise tcp://HOST:PORT`: checked as a script-safe host and a port.
+pub fn parse_advertise(text: &str) -> Result<String, BadHost> {
+    let malformed = || BadHost::Malformed(text.to_owned());
+    let rest = text.strip_prefix("tcp://").ok_or_else(malformed)?;
+    let (_, port) = rest.rsplit_once(':').ok_or_else(malformed)?;
+    let port: u16 = port.parse().map_err(|_| malformed())?;
+    controller_from_host(rest, port).map_err(|_| malformed())
+}
+
 fn is_port(text: &str) -> bool {
     !text.is_empty() && text.len() <= 5 && text.chars().all(|c| c.is_ascii_digit())
 }
@@ -128,6 +137,21 @@ mod tests {
             "a:1:2",
         ] {
             assert!(controller_from_host(bad, 7).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn advertised_addresses_are_tcp_host_port() {
+        assert_eq!(
+            parse_advertise("tcp://boot.example.net:9002").unwrap(),
+            "tcp://boot.example.net:9002"
+        );
+        assert_eq!(
+            parse_advertise("tcp://[fd00::1]:9002").unwrap(),
+            "tcp://[fd00::1]:9002"
+        );
+        for bad in ["boot:9002", "tcp://boot", "tcp://boot:x", "tcp://a b:1", "tcp://:1"] {
+            assert!(parse_advertise(bad).is_err(), "{bad}");
         }
     }
 

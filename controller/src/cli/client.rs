@@ -49,6 +49,19 @@ impl ApiClient {
             .with_context(|| format!("cannot reach the controller at {url}"))?;
         decode(response).await
     }
+
+    /// PUTs JSON to a path under `/api/v1`.
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        let url = self.url(path)?;
+        let response = self
+            .http
+            .put(url.clone())
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the controller at {url}"))?;
+        decode(response).await
+    }
 }
 
 async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {

@@ -2,6 +2,7 @@
 
 mod agents;
 mod client;
+mod hosts;
 mod inventory;
 mod table;
 
@@ -42,6 +43,9 @@ enum Cmd {
     /// Inventory documents.
     #[command(subcommand)]
     Inventory(inventory::Cmd),
+    /// Hosts: what each boots when it PXE-boots.
+    #[command(subcommand)]
+    Hosts(hosts::Cmd),
 }
 
 /// Runs one command.
@@ -50,5 +54,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve::run(args.validate()?).await,
         Cmd::Agents(cmd) => agents::run(cmd, client::ApiClient::new(cli.url)?).await,
         Cmd::Inventory(cmd) => inventory::run(cmd, client::ApiClient::new(cli.url)?).await,
+        Cmd::Hosts(cmd) => hosts::run(cmd, client::ApiClient::new(cli.url)?).await,
     }
 }

@@ -3,6 +3,7 @@
 //! [`router`] builds the whole API from state, so handler tests call it without a socket.
 
 mod error;
+pub mod hosts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{mercury_id}/calls", post(call_capability))
         .route("/inventory/{mercury_id}", get(get_inventory))
         .route("/inventory/query", post(query_inventory))
+        .route(
+            "/hosts/{mercury_id}/boot",
+            axum::routing::put(hosts::set_boot),
+        )
         .route("/counters", get(counters));
     Router::new()
         .route("/healthz", get(healthz))

@@ -17,12 +17,16 @@ use qs_query::Query;
 
 const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory");
 const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent");
+/// MercuryId → the controller's `boot` subdocument (what the host boots when it PXE-boots).
+const BOOT: TableDefinition<&str, &[u8]> = TableDefinition::new("boot");
 
 /// One server's stored parts.
 #[derive(Debug, Clone, Default)]
 struct Entry {
     inventory: Option<Map<String, Value>>,
     agent: Option<Value>,
+    /// The controller-owned `boot` subdocument, set by operators.
+    boot: Option<Value>,
     /// `inventory` with `agent` merged in: what reads and queries see.
     merged: Arc<Value>,
 }
@@ -34,6 +38,11 @@ impl Entry {
         if let Some(agent) = &self.agent {
             doc.insert("agent".into(), agent.clone());
         }
+        // Only the controller writes `boot`: an inventory's own key of that name never shows.
+        match &self.boot {
+            Some(boot) => doc.insert("boot".into(), boot.clone()),
+            None => doc.remove("boot"),
+        };
         self.merged = Arc::new(Value::Object(doc));
     }
 }
@@ -116,6 +125,7 @@ impl EmbeddedStore {
                 })?;
             docs.entry(id).or_default().agent = Some(agent);
         }
+        self.load_boot(&mut docs)?;
         for (id, entry) in docs.iter_mut() {
             entry.remerge(id);
         }
@@ -185,6 +195,50 @@ impl EmbeddedStore {
         let mut docs = self.write_docs();
         let entry = docs.entry(id.to_owned()).or_default();
         entry.agent = Some(agent);
+        entry.remerge(id);
+        Ok(())
+    }
+
+    /// Creates the `boot` table on first open and reads it into `docs`.
+    fn load_boot(&self, docs: &mut BTreeMap<String, Entry>) -> Result<(), StoreError> {
+        let write = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("begin")(e.into()))?;
+        write
+            .open_table(BOOT)
+            .map_err(|e| storage("open table")(e.into()))?;
+        write.commit().map_err(|e| storage("commit")(e.into()))?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| storage("begin")(e.into()))?;
+        let boot = read
+            .open_table(BOOT)
+            .map_err(|e| storage("open table")(e.into()))?;
+        for row in boot.iter().map_err(|e| storage("scan")(e.into()))? {
+            let (k, v) = row.map_err(|e| storage("scan")(e.into()))?;
+            let id = k.value().to_owned();
+            let value: Value =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    id: id.clone(),
+                    source,
+                })?;
+            docs.entry(id).or_default().boot = Some(value);
+        }
+        Ok(())
+    }
+
+    /// Replaces a server's `boot` subdocument.
+    pub fn set_boot(&self, id: &str, boot: Value) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&boot).map_err(|source| StoreError::Corrupt {
+            id: id.to_owned(),
+            source,
+        })?;
+        self.commit(BOOT, id, &bytes)?;
+        let mut docs = self.write_docs();
+        let entry = docs.entry(id.to_owned()).or_default();
+        entry.boot = Some(boot);
         entry.remerge(id);
         Ok(())
     }

@@ -95,6 +95,17 @@ impl Store {
         }
     }
 
+    /// Replaces a server's controller-owned `boot` subdocument (`{"mode", "set_at"}`: what it
+    /// boots when it PXE-boots); creates the document if it does not exist.
+    pub async fn set_boot(&self, id: &str, boot: Value) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let (s, id) = (s.clone(), id.to_owned());
+                blocking(move || s.set_boot(&id, boot)).await
+            }
+        }
+    }
+
     /// One server's document, with its `agent` subdocument.
     pub async fn get_inventory(&self, id: &str) -> Result<Option<Value>, StoreError> {
         match self {
