@@ -1,27 +1,36 @@
 //! MongoDB filter documents, compiled once and matched against many documents.
+//!
+//! Each operator is tested against every value its path reaches (see [`crate::path`]); a
+//! negated operator (`$ne`, `$nin`, `$not`, `$exists: false`) is the negation of its positive
+//! form over the whole path, as in MongoDB, which is why `{"a": {"$ne": 1}}` rejects `[1, 2]`.
 
 use std::cmp::Ordering;
 
 use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
-use super::order::{bracket, compare, equal};
-use super::path::FieldPath;
-use super::QueryError;
+use crate::order::{bracket, bson_type, compare, equal, Num};
+use crate::path::{FieldPath, LeafArrays};
+use crate::QueryError;
 
 /// Largest compiled regex accepted, so a hostile pattern cannot exhaust memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Longest pattern accepted, in bytes.
+pub const REGEX_PATTERN_LIMIT: usize = 16 * 1024;
 
-/// A compiled filter.
+/// A compiled filter, with the document it was compiled from.
 #[derive(Debug, Clone)]
-pub struct Filter(Expr);
+pub struct Filter {
+    expr: Expr,
+    document: Value,
+}
 
 #[derive(Debug, Clone)]
 enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Nor(Vec<Expr>),
-    Field(FieldPath, Cond),
+    Field(FieldPath, Vec<Cond>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,10 +52,18 @@ impl CmpOp {
     }
 }
 
+/// A value to equal, or a regex (JSON's spelling of a BSON regex is `{"$regex", "$options"}`).
 #[derive(Debug, Clone)]
-enum InItem {
+enum Item {
     Value(Value),
     Regex(Regex),
+}
+
+/// The BSON types `$type` can name; JSON documents only ever hold some of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TypeSet {
+    Code(i32),
+    Number,
 }
 
 #[derive(Debug, Clone)]
@@ -54,16 +71,18 @@ enum Cond {
     Eq(Value),
     Ne(Value),
     Cmp(CmpOp, Value),
-    In(Vec<InItem>),
-    Nin(Vec<InItem>),
+    In(Vec<Item>),
+    Nin(Vec<Item>),
     Exists(bool),
     Regex(Regex),
     Size(usize),
-    All(Vec<Value>),
-    ElemMatchFilter(Box<Expr>),
-    ElemMatchConds(Vec<Cond>),
+    All(Vec<Item>),
+    AllElemMatch(Vec<Cond>),
+    ElemMatchDocument(Box<Expr>),
+    ElemMatchValue(Vec<Cond>),
     Not(Vec<Cond>),
-    AllOf(Vec<Cond>),
+    Type(Vec<TypeSet>),
+    Mod { divisor: i64, remainder: i64 },
 }
 
 impl Filter {
@@ -73,29 +92,45 @@ impl Filter {
             operator: "filter".into(),
             expected: "a document",
         })?;
-        Ok(Filter(parse_document(map)?))
+        Ok(Filter {
+            expr: parse_document(map)?,
+            document: doc.clone(),
+        })
+    }
+
+    /// The validated filter document, as a backend hands it to a server.
+    pub fn document(&self) -> &Value {
+        &self.document
     }
 
     /// Whether `doc` matches.
     pub fn matches(&self, doc: &Value) -> bool {
-        eval(&self.0, doc)
+        eval(&self.expr, doc)
+    }
+
+    /// How many of `docs` match.
+    pub fn count<'a>(&self, docs: impl Iterator<Item = &'a Value>) -> u64 {
+        docs.filter(|d| self.matches(d)).count() as u64
     }
 }
 
+/// Top-level operators MongoDB has and this engine refuses (named in the error).
 fn parse_document(map: &Map<String, Value>) -> Result<Expr, QueryError> {
     let mut parts = Vec::with_capacity(map.len());
     for (key, value) in map {
-        parts.push(match key.as_str() {
-            "$and" => Expr::And(parse_clauses("$and", value)?),
-            "$or" => Expr::Or(parse_clauses("$or", value)?),
-            "$nor" => Expr::Nor(parse_clauses("$nor", value)?),
+        match key.as_str() {
+            "$and" => parts.push(Expr::And(parse_clauses("$and", value)?)),
+            "$or" => parts.push(Expr::Or(parse_clauses("$or", value)?)),
+            "$nor" => parts.push(Expr::Nor(parse_clauses("$nor", value)?)),
+            // A note for the server's logs; it never changes which documents match.
+            "$comment" => {}
             op if op.starts_with('$') => {
                 return Err(QueryError::UnknownOperator {
                     operator: op.to_owned(),
                 })
             }
-            field => Expr::Field(FieldPath::parse(field), parse_condition(value)?),
-        });
+            field => parts.push(Expr::Field(FieldPath::parse(field), parse_condition(value)?)),
+        }
     }
     Ok(if parts.len() == 1 {
         parts.pop().unwrap_or(Expr::And(Vec::new()))
@@ -116,21 +151,29 @@ fn parse_clauses(op: &str, value: &Value) -> Result<Vec<Expr>, QueryError> {
         .collect()
 }
 
-fn is_operator_doc(value: &Value) -> Option<&Map<String, Value>> {
+/// An object whose first key is an operator: all its keys must then be operators.
+fn operator_doc(value: &Value) -> Option<&Map<String, Value>> {
     value
         .as_object()
         .filter(|m| m.keys().next().is_some_and(|k| k.starts_with('$')))
 }
 
 /// A field's condition: an operator document, or a value to equal.
-fn parse_condition(value: &Value) -> Result<Cond, QueryError> {
-    match is_operator_doc(value) {
-        Some(ops) => Ok(Cond::AllOf(parse_operators(ops)?)),
-        None => Ok(Cond::Eq(value.clone())),
+fn parse_condition(value: &Value) -> Result<Vec<Cond>, QueryError> {
+    match operator_doc(value) {
+        Some(ops) => parse_operators(ops),
+        None => Ok(vec![Cond::Eq(value.clone())]),
     }
 }
 
-fn regex(pattern: &str, options: &str) -> Result<Regex, QueryError> {
+/// Compiles a pattern with the linear-time `regex` engine, refusing what it cannot run.
+pub(crate) fn regex(pattern: &str, options: &str) -> Result<Regex, QueryError> {
+    if pattern.len() > REGEX_PATTERN_LIMIT {
+        return Err(QueryError::RegexTooLong {
+            length: pattern.len(),
+            limit: REGEX_PATTERN_LIMIT,
+        });
+    }
     let mut builder = RegexBuilder::new(pattern);
     builder.size_limit(REGEX_SIZE_LIMIT);
     for flag in options.chars() {
@@ -142,10 +185,46 @@ fn regex(pattern: &str, options: &str) -> Result<Regex, QueryError> {
             other => return Err(QueryError::BadRegexOption { option: other }),
         };
     }
-    builder.build().map_err(|source| QueryError::BadRegex {
-        pattern: pattern.chars().take(200).collect(),
-        source,
+    builder.build().map_err(|source| {
+        let shown: String = pattern.chars().take(200).collect();
+        match backtracking_construct(pattern) {
+            Some(construct) => QueryError::UnsupportedRegex {
+                pattern: shown,
+                construct,
+            },
+            None => QueryError::BadRegex {
+                pattern: shown,
+                source,
+            },
+        }
     })
+}
+
+/// The PCRE construct that needs a backtracking engine, if the pattern uses one.
+fn backtracking_construct(pattern: &str) -> Option<&'static str> {
+    for (text, name) in [
+        ("(?<=", "lookbehind (?<=…)"),
+        ("(?<!", "negative lookbehind (?<!…)"),
+        ("(?=", "lookahead (?=…)"),
+        ("(?!", "negative lookahead (?!…)"),
+        ("\\k<", "named backreference \\k<…>"),
+        ("(?>", "atomic group (?>…)"),
+    ] {
+        if pattern.contains(text) {
+            return Some(name);
+        }
+    }
+    let bytes = pattern.as_bytes();
+    let backreference = bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w[0] == b'\\' && (b'1'..=b'9').contains(&w[1]) && !escaped(bytes, i));
+    backreference.then_some("backreference \\N")
+}
+
+/// Whether the byte at `i` is itself escaped by an odd run of backslashes before it.
+fn escaped(bytes: &[u8], i: usize) -> bool {
+    bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1
 }
 
 fn operand_array<'a>(op: &str, v: &'a Value) -> Result<&'a Vec<Value>, QueryError> {
@@ -155,19 +234,129 @@ fn operand_array<'a>(op: &str, v: &'a Value) -> Result<&'a Vec<Value>, QueryErro
     })
 }
 
-fn in_items(op: &str, v: &Value) -> Result<Vec<InItem>, QueryError> {
+/// A `{"$regex": p, "$options": o}` object standing for a regex value.
+fn regex_value(item: &Value) -> Option<Result<Regex, QueryError>> {
+    let map = item.as_object()?;
+    let pattern = map.get("$regex")?.as_str()?;
+    let options = match map.get("$options") {
+        None => "",
+        Some(Value::String(o)) => o.as_str(),
+        Some(_) => return None,
+    };
+    if map.keys().any(|k| k != "$regex" && k != "$options") {
+        return None;
+    }
+    Some(regex(pattern, options))
+}
+
+/// Items of `$in`, `$nin` and `$all`: values or regexes, never other operator objects.
+fn items(op: &str, v: &Value) -> Result<Vec<Item>, QueryError> {
     operand_array(op, v)?
         .iter()
-        .map(
-            |item| match item.as_object().and_then(|m| m.get("$regex")) {
-                Some(Value::String(p)) => {
-                    let options = item.get("$options").and_then(Value::as_str).unwrap_or("");
-                    Ok(InItem::Regex(regex(p, options)?))
-                }
-                _ => Ok(InItem::Value(item.clone())),
-            },
-        )
+        .map(|item| {
+            if let Some(r) = regex_value(item) {
+                return r.map(Item::Regex);
+            }
+            if operator_doc(item).is_some() {
+                return Err(QueryError::BadOperand {
+                    operator: op.to_owned(),
+                    expected: "values, not operator documents (cannot nest $ under it)",
+                });
+            }
+            Ok(Item::Value(item.clone()))
+        })
         .collect()
+}
+
+fn type_set(v: &Value) -> Result<TypeSet, QueryError> {
+    let bad = |what: String| QueryError::BadType { value: what };
+    match v {
+        Value::String(alias) => {
+            let code = match alias.as_str() {
+                "double" => 1,
+                "string" => 2,
+                "object" => 3,
+                "array" => 4,
+                "binData" => 5,
+                "undefined" => 6,
+                "objectId" => 7,
+                "bool" => 8,
+                "date" => 9,
+                "null" => 10,
+                "regex" => 11,
+                "dbPointer" => 12,
+                "javascript" => 13,
+                "symbol" => 14,
+                "javascriptWithScope" => 15,
+                "int" => 16,
+                "timestamp" => 17,
+                "long" => 18,
+                "decimal" => 19,
+                "minKey" => -1,
+                "maxKey" => 127,
+                "number" => return Ok(TypeSet::Number),
+                _ => return Err(bad(format!("{alias:?}"))),
+            };
+            Ok(TypeSet::Code(code))
+        }
+        Value::Number(n) => {
+            let code = match Num::of(n) {
+                Num::Int(i) => i32::try_from(i).ok(),
+                Num::Float(f) if f.fract() == 0.0 && f.abs() < 1000.0 => Some(f as i32),
+                Num::Float(_) => None,
+            };
+            match code {
+                Some(c @ (-1 | 1..=19 | 127)) => Ok(TypeSet::Code(c)),
+                _ => Err(bad(n.to_string())),
+            }
+        }
+        other => Err(bad(other.to_string())),
+    }
+}
+
+fn parse_mod(v: &Value) -> Result<Cond, QueryError> {
+    let bad = |expected| QueryError::BadOperand {
+        operator: "$mod".into(),
+        expected,
+    };
+    let parts = v
+        .as_array()
+        .ok_or_else(|| bad("an array [divisor, remainder]"))?;
+    let [divisor, remainder] = parts.as_slice() else {
+        return Err(bad("exactly two numbers [divisor, remainder]"));
+    };
+    let number = |v: &Value| match v {
+        Value::Number(n) => Ok(Num::of(n)),
+        _ => Err(bad("exactly two numbers [divisor, remainder]")),
+    };
+    let (divisor, remainder) = (number(divisor)?.to_i64(), number(remainder)?.to_i64());
+    if divisor == 0 {
+        return Err(bad("a divisor other than 0"));
+    }
+    Ok(Cond::Mod { divisor, remainder })
+}
+
+fn whole_number(op: &str, v: &Value) -> Result<usize, QueryError> {
+    let bad = || QueryError::BadOperand {
+        operator: op.to_owned(),
+        expected: "a non-negative whole number",
+    };
+    match v {
+        Value::Number(n) => match Num::of(n) {
+            Num::Int(i) if i >= 0 => Ok(usize::try_from(i).unwrap_or(usize::MAX)),
+            Num::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(f as usize),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// Keys that make an `$elemMatch` operand a query on documents rather than on values.
+fn is_logical(key: &str) -> bool {
+    matches!(
+        key,
+        "$and" | "$or" | "$nor" | "$where" | "$expr" | "$text" | "$jsonSchema" | "$comment"
+    )
 }
 
 fn parse_operators(ops: &Map<String, Value>) -> Result<Vec<Cond>, QueryError> {
@@ -180,9 +369,14 @@ fn parse_operators(ops: &Map<String, Value>) -> Result<Vec<Cond>, QueryError> {
             "$gte" => Cond::Cmp(CmpOp::Gte, v.clone()),
             "$lt" => Cond::Cmp(CmpOp::Lt, v.clone()),
             "$lte" => Cond::Cmp(CmpOp::Lte, v.clone()),
-            "$in" => Cond::In(in_items(op, v)?),
-            "$nin" => Cond::Nin(in_items(op, v)?),
+            "$in" => Cond::In(items(op, v)?),
+            "$nin" => Cond::Nin(items(op, v)?),
             "$exists" => Cond::Exists(truthy(v)),
+            "$type" => Cond::Type(match v {
+                Value::Array(list) => list.iter().map(type_set).collect::<Result<_, _>>()?,
+                one => vec![type_set(one)?],
+            }),
+            "$mod" => parse_mod(v)?,
             "$regex" => {
                 let pattern = v.as_str().ok_or_else(|| QueryError::BadOperand {
                     operator: "$regex".into(),
@@ -209,46 +403,56 @@ fn parse_operators(ops: &Map<String, Value>) -> Result<Vec<Cond>, QueryError> {
                 }
                 continue;
             }
-            "$size" => {
-                let n = v
-                    .as_u64()
-                    .or_else(|| {
-                        v.as_f64()
-                            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                            .map(|f| f as u64)
+            "$size" => Cond::Size(whole_number("$size", v)?),
+            "$all" => {
+                let list = operand_array(op, v)?;
+                let elem_matches = list
+                    .iter()
+                    .filter(|i| {
+                        i.as_object()
+                            .is_some_and(|m| m.keys().next().is_some_and(|k| k == "$elemMatch"))
                     })
-                    .ok_or_else(|| QueryError::BadOperand {
-                        operator: "$size".into(),
-                        expected: "a non-negative whole number",
-                    })?;
-                Cond::Size(usize::try_from(n).unwrap_or(usize::MAX))
-            }
-            "$all" => Cond::All(operand_array(op, v)?.clone()),
-            "$elemMatch" => {
-                let spec = v.as_object().ok_or_else(|| QueryError::BadOperand {
-                    operator: "$elemMatch".into(),
-                    expected: "a document",
-                })?;
-                match is_operator_doc(v) {
-                    Some(ops)
-                        if !ops
-                            .keys()
-                            .any(|k| matches!(k.as_str(), "$and" | "$or" | "$nor")) =>
-                    {
-                        Cond::ElemMatchConds(parse_operators(ops)?)
+                    .count();
+                if elem_matches == 0 {
+                    Cond::All(items(op, v)?)
+                } else if elem_matches == list.len() {
+                    let mut all = Vec::with_capacity(list.len());
+                    for item in list {
+                        let spec = item.as_object().and_then(|m| m.get("$elemMatch"));
+                        match (spec, item.as_object().map(Map::len)) {
+                            (Some(spec), Some(1)) => all.push(parse_elem_match(spec)?),
+                            _ => {
+                                return Err(QueryError::BadOperand {
+                                    operator: "$all".into(),
+                                    expected: "items that are each exactly {$elemMatch: …}",
+                                })
+                            }
+                        }
                     }
-                    _ => Cond::ElemMatchFilter(Box::new(parse_document(spec)?)),
+                    Cond::AllElemMatch(all)
+                } else {
+                    return Err(QueryError::BadOperand {
+                        operator: "$all".into(),
+                        expected: "either all {$elemMatch: …} items or none",
+                    });
                 }
             }
-            "$not" => match is_operator_doc(v) {
-                Some(inner) => Cond::Not(parse_operators(inner)?),
-                None => {
-                    return Err(QueryError::BadOperand {
-                        operator: "$not".into(),
-                        expected: "an operator document such as {\"$regex\": …}",
-                    })
+            "$elemMatch" => parse_elem_match(v)?,
+            "$not" => {
+                if let Some(r) = regex_value(v) {
+                    Cond::Not(vec![Cond::Regex(r?)])
+                } else {
+                    match operator_doc(v) {
+                        Some(inner) => Cond::Not(parse_operators(inner)?),
+                        None => {
+                            return Err(QueryError::BadOperand {
+                                operator: "$not".into(),
+                                expected: "a non-empty operator document such as {\"$regex\": …}",
+                            })
+                        }
+                    }
                 }
-            },
+            }
             other => {
                 return Err(QueryError::UnknownOperator {
                     operator: other.to_owned(),
@@ -258,6 +462,19 @@ fn parse_operators(ops: &Map<String, Value>) -> Result<Vec<Cond>, QueryError> {
         conds.push(cond);
     }
     Ok(conds)
+}
+
+fn parse_elem_match(v: &Value) -> Result<Cond, QueryError> {
+    let spec = v.as_object().ok_or_else(|| QueryError::BadOperand {
+        operator: "$elemMatch".into(),
+        expected: "a document",
+    })?;
+    match spec.keys().next() {
+        Some(first) if first.starts_with('$') && !is_logical(first) => {
+            Ok(Cond::ElemMatchValue(parse_operators(spec)?))
+        }
+        _ => Ok(Cond::ElemMatchDocument(Box::new(parse_document(spec)?))),
+    }
 }
 
 /// `$exists` takes any value; MongoDB reads it as a boolean.
@@ -275,83 +492,120 @@ fn eval(expr: &Expr, doc: &Value) -> bool {
         Expr::And(parts) => parts.iter().all(|p| eval(p, doc)),
         Expr::Or(parts) => parts.iter().any(|p| eval(p, doc)),
         Expr::Nor(parts) => !parts.iter().any(|p| eval(p, doc)),
-        Expr::Field(path, cond) => {
-            let found = path.resolve(doc);
-            holds(cond, &found)
-        }
+        Expr::Field(path, conds) => conds.iter().all(|c| holds(c, path, doc)),
     }
 }
 
-/// Each value reached, and for arrays also each element: what most operators test.
-fn each_value<'a>(found: &'a [Option<&'a Value>]) -> impl Iterator<Item = &'a Value> + 'a {
-    found.iter().flatten().flat_map(|v| {
-        let elements: &[Value] = match v {
-            Value::Array(items) => items,
-            _ => &[],
-        };
-        std::iter::once(*v).chain(elements.iter())
-    })
-}
-
-fn eq_null(found: &[Option<&Value>]) -> bool {
-    found.iter().any(Option::is_none) || each_value(found).any(Value::is_null)
-}
-
-fn eq(found: &[Option<&Value>], target: &Value) -> bool {
-    if target.is_null() {
-        return eq_null(found);
-    }
-    each_value(found).any(|v| equal(v, target))
-}
-
-fn in_list(found: &[Option<&Value>], items: &[InItem]) -> bool {
-    items.iter().any(|item| match item {
-        InItem::Value(v) => eq(found, v),
-        InItem::Regex(r) => each_value(found).any(|v| v.as_str().is_some_and(|s| r.is_match(s))),
-    })
-}
-
-fn holds(cond: &Cond, found: &[Option<&Value>]) -> bool {
+/// Whether a condition holds for a path of a document.
+fn holds(cond: &Cond, path: &FieldPath, doc: &Value) -> bool {
     match cond {
-        Cond::Eq(v) => eq(found, v),
-        Cond::Ne(v) => !eq(found, v),
-        Cond::Cmp(op, target) => {
-            if target.is_null() {
-                return matches!(op, CmpOp::Gte | CmpOp::Lte) && eq_null(found);
-            }
-            each_value(found)
-                .any(|v| bracket(v) == bracket(target) && op.accepts(compare(v, target)))
-        }
-        Cond::In(items) => in_list(found, items),
-        Cond::Nin(items) => !in_list(found, items),
-        Cond::Exists(want) => found.iter().any(Option::is_some) == *want,
-        Cond::Regex(r) => each_value(found).any(|v| v.as_str().is_some_and(|s| r.is_match(s))),
-        Cond::Size(n) => found
-            .iter()
-            .flatten()
-            .any(|v| v.as_array().is_some_and(|a| a.len() == *n)),
-        Cond::All(values) => !values.is_empty() && values.iter().all(|v| eq(found, v)),
-        Cond::ElemMatchFilter(expr) => found
-            .iter()
-            .flatten()
-            .filter_map(|v| v.as_array())
-            .any(|items| items.iter().any(|e| e.is_object() && eval(expr, e))),
-        Cond::ElemMatchConds(conds) => {
-            found
-                .iter()
-                .flatten()
-                .filter_map(|v| v.as_array())
-                .any(|items| {
-                    // With operators, each element is tested as a value, not as a field to traverse.
-                    items.iter().any(|e| {
-                        let single = [Some(e)];
-                        conds.iter().all(|c| holds(c, &single))
-                    })
+        Cond::Ne(target) => !path
+            .resolve(doc, LeafArrays::Expand)
+            .into_iter()
+            .any(|v| eq_single(target, v)),
+        Cond::Nin(items) => !in_list(items, path, doc),
+        Cond::Not(conds) => !conds.iter().all(|c| holds(c, path, doc)),
+        Cond::Exists(false) => !path
+            .resolve(doc, LeafArrays::Expand)
+            .into_iter()
+            .any(|v| v.is_some()),
+        Cond::All(items) => {
+            !items.is_empty()
+                && items.iter().all(|item| {
+                    path.resolve(doc, LeafArrays::Expand)
+                        .into_iter()
+                        .any(|v| item_matches(item, v))
                 })
         }
-        Cond::Not(conds) => !conds.iter().all(|c| holds(c, found)),
-        Cond::AllOf(conds) => conds.iter().all(|c| holds(c, found)),
+        Cond::AllElemMatch(conds) => conds.iter().all(|c| holds(c, path, doc)),
+        Cond::Size(_) | Cond::ElemMatchDocument(_) | Cond::ElemMatchValue(_) => path
+            .resolve(doc, LeafArrays::Whole)
+            .into_iter()
+            .any(|v| single(cond, v)),
+        _ => path
+            .resolve(doc, LeafArrays::Expand)
+            .into_iter()
+            .any(|v| single(cond, v)),
     }
+}
+
+fn in_list(items: &[Item], path: &FieldPath, doc: &Value) -> bool {
+    path.resolve(doc, LeafArrays::Expand)
+        .into_iter()
+        .any(|v| items.iter().any(|item| item_matches(item, v)))
+}
+
+fn item_matches(item: &Item, v: Option<&Value>) -> bool {
+    match item {
+        Item::Value(target) => eq_single(target, v),
+        Item::Regex(r) => regex_single(r, v),
+    }
+}
+
+fn eq_single(target: &Value, v: Option<&Value>) -> bool {
+    match v {
+        None => target.is_null(),
+        Some(v) => equal(v, target),
+    }
+}
+
+fn regex_single(r: &Regex, v: Option<&Value>) -> bool {
+    v.and_then(Value::as_str).is_some_and(|s| r.is_match(s))
+}
+
+/// Whether one value (or a missing field) satisfies a condition: MongoDB's
+/// `matchesSingleElement`, also what `$elemMatch` applies to each element in its value form.
+fn single(cond: &Cond, v: Option<&Value>) -> bool {
+    match cond {
+        Cond::Eq(target) => eq_single(target, v),
+        Cond::Ne(target) => !eq_single(target, v),
+        Cond::Cmp(op, target) => match v {
+            None => target.is_null() && matches!(op, CmpOp::Gte | CmpOp::Lte),
+            Some(v) => bracket(v) == bracket(target) && op.accepts(compare(v, target)),
+        },
+        Cond::In(items) => items.iter().any(|i| item_matches(i, v)),
+        Cond::Nin(items) => !items.iter().any(|i| item_matches(i, v)),
+        Cond::Exists(want) => v.is_some() == *want,
+        Cond::Regex(r) => regex_single(r, v),
+        Cond::Size(n) => v.and_then(Value::as_array).is_some_and(|a| a.len() == *n),
+        Cond::All(items) => !items.is_empty() && items.iter().all(|i| item_matches(i, v)),
+        Cond::AllElemMatch(conds) => conds.iter().all(|c| single(c, v)),
+        Cond::ElemMatchDocument(expr) => v.and_then(Value::as_array).is_some_and(|items| {
+            items.iter().any(|e| match e {
+                Value::Object(_) => eval(expr, e),
+                // An array element is a document whose fields are "0", "1", …
+                Value::Array(inner) => eval(expr, &as_document(inner)),
+                _ => false,
+            })
+        }),
+        Cond::ElemMatchValue(conds) => v
+            .and_then(Value::as_array)
+            .is_some_and(|items| items.iter().any(|e| conds.iter().all(|c| single(c, Some(e))))),
+        Cond::Not(conds) => !conds.iter().all(|c| single(c, v)),
+        Cond::Type(types) => v.is_some_and(|v| {
+            let code = bson_type(v);
+            types.iter().any(|t| match t {
+                TypeSet::Number => matches!(code, 1 | 16 | 18 | 19),
+                TypeSet::Code(c) => *c == code,
+            })
+        }),
+        Cond::Mod { divisor, remainder } => match v {
+            Some(Value::Number(n)) => {
+                Num::of(n).to_i64().checked_rem(*divisor).unwrap_or(0) == *remainder
+            }
+            _ => false,
+        },
+    }
+}
+
+fn as_document(items: &[Value]) -> Value {
+    Value::Object(
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v.clone()))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -390,7 +644,12 @@ mod tests {
         assert!(m(json!({"cpu.flags": ["sse", "avx2"]}), server()));
         assert!(!m(json!({"cpu.flags": ["avx2", "sse"]}), server()));
         assert!(m(json!({"mem.total": 68719476736.0}), server()));
+        // Embedded documents are equal only with their fields in the same order.
         assert!(m(
+            json!({"dmi": {"sys_vendor": "Dell Inc.", "product_name": "PowerEdge R640"}}),
+            server()
+        ));
+        assert!(!m(
             json!({"dmi": {"product_name": "PowerEdge R640", "sys_vendor": "Dell Inc."}}),
             server()
         ));
@@ -406,6 +665,9 @@ mod tests {
         assert!(!m(json!({"interfaces.name": {"$ne": "eno1"}}), server()));
         assert!(m(json!({"interfaces.name": {"$nin": ["eth0"]}}), server()));
         assert!(!m(json!({"interfaces.name": {"$nin": ["eno2"]}}), server()));
+        assert!(!m(json!({"a.b": null}), json!({"a": []})));
+        assert!(!m(json!({"a.b": null}), json!({"a": [1]})));
+        assert!(m(json!({"a.b": {"$exists": false}}), json!({"a": []})));
     }
 
     #[test]
@@ -422,6 +684,7 @@ mod tests {
         assert!(!m(json!({"interfaces.mtu": {"$gt": 9000}}), server()));
         assert!(m(json!({"bmc": {"$gte": null}}), server()));
         assert!(!m(json!({"bmc": {"$gt": null}}), server()));
+        assert!(!m(json!({"n": 9_007_199_254_740_993_i64}), json!({"n": 9_007_199_254_740_992.0})));
     }
 
     #[test]
@@ -454,12 +717,31 @@ mod tests {
         ));
         assert!(m(json!({"interfaces": {"$size": 2}}), server()));
         assert!(!m(json!({"cpu.flags": {"$size": 1}}), server()));
+        assert!(!m(json!({"a": {"$size": 2}}), json!({"a": [[1, 2]]})));
         assert!(m(json!({"cpu.flags": {"$all": ["avx2", "sse"]}}), server()));
         assert!(!m(
             json!({"cpu.flags": {"$all": ["avx512f", "sse"]}}),
             server()
         ));
         assert!(!m(json!({"cpu.flags": {"$all": []}}), server()));
+        assert!(m(
+            json!({"interfaces": {"$all": [{"$elemMatch": {"mtu": 9000}}, {"$elemMatch": {"speed": 25000}}]}}),
+            server()
+        ));
+    }
+
+    #[test]
+    fn type_and_mod() {
+        assert!(m(json!({"cpu.threads": {"$type": "int"}}), server()));
+        assert!(m(json!({"cpu.threads": {"$type": 16}}), server()));
+        assert!(m(json!({"mem.total": {"$type": "long"}}), server()));
+        assert!(m(json!({"mem.total": {"$type": "number"}}), server()));
+        assert!(!m(json!({"mem.total": {"$type": "double"}}), server()));
+        assert!(m(json!({"cpu.flags": {"$type": "array"}}), server()));
+        assert!(m(json!({"cpu.flags": {"$type": ["bool", 2]}}), server()));
+        assert!(m(json!({"cpu.threads": {"$mod": [5, 2]}}), server()));
+        assert!(m(json!({"x": {"$mod": [4, -1]}}), json!({"x": -5.5})));
+        assert!(m(json!({"$comment": "why", "cpu.threads": 32}), server()));
     }
 
     #[test]
@@ -505,6 +787,8 @@ mod tests {
             json!({"cpu.threads": {"$elemMatch": {"$gt": 1}}}),
             server()
         ));
+        // The value form tests elements as they are: a nested array is not looked into.
+        assert!(!m(json!({"a": {"$elemMatch": {"$eq": 1}}}), json!({"a": [[1]]})));
     }
 
     #[test]
@@ -514,15 +798,27 @@ mod tests {
             (json!({"$where": "1"}), "$where"),
             (json!({"$expr": {}}), "$expr"),
             (json!({"a": {"$in": 3}}), "$in"),
+            (json!({"a": {"$in": [{"$gt": 1}]}}), "$in"),
             (json!({"$or": []}), "$or"),
             (json!({"a": {"$size": -1}}), "$size"),
             (json!({"a": {"$regex": "("}}), "("),
+            (json!({"a": {"$regex": "a(?=b)"}}), "lookahead"),
+            (json!({"a": {"$regex": "(a)\\1"}}), "backreference"),
             (json!({"a": {"$not": 5}}), "$not"),
+            (json!({"a": {"$mod": [0, 1]}}), "$mod"),
+            (json!({"a": {"$mod": [1]}}), "$mod"),
+            (json!({"a": {"$type": "strin"}}), "strin"),
+            (json!({"a": {"$type": 42}}), "42"),
+            (json!({"a": {"$all": [{"$elemMatch": {"b": 1}}, 1]}}), "$all"),
         ] {
             let err = Filter::parse(&filter).unwrap_err().to_string();
             assert!(err.contains(name), "{filter}: {err}");
         }
         assert!(Filter::parse(&json!([])).is_err());
+        let long = "a".repeat(REGEX_PATTERN_LIMIT + 1);
+        assert!(Filter::parse(&json!({"a": {"$regex": long}})).is_err());
+        // An escaped backslash before a digit is not a backreference.
+        assert!(Filter::parse(&json!({"a": {"$regex": "\\\\1"}})).is_ok());
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
@@ -541,12 +837,16 @@ mod tests {
                 "$size",
                 "$all",
                 "$exists",
+                "$type",
+                "$mod",
                 "a",
                 "b",
                 "a.b",
                 "0",
                 ".*",
-                "("
+                "(",
+                "number",
+                "array"
             ])
             .prop_map(|s| json!(s)),
         ];
@@ -568,9 +868,12 @@ mod tests {
                         "$size",
                         "$all",
                         "$exists",
+                        "$type",
+                        "$mod",
                         "$and",
                         "$or",
                         "$nor",
+                        "$comment",
                         "a",
                         "b",
                         "a.b",

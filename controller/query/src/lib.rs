@@ -1,8 +1,20 @@
-//! MongoDB's query language over inventory documents: filter, projection, sort, skip, limit.
+//! MongoDB's query language over inventory documents: find (filter, projection, sort, skip,
+//! limit), count, distinct and an aggregation subset, with MongoDB's semantics so the embedded
+//! store and a MongoDB backend answer the same requests the same way.
 //!
-//! Queries are parsed once into compiled forms ([`Filter`], [`Projection`], [`Sort`]) and then
-//! run over many documents without re-parsing or cloning while matching. Semantics follow
-//! MongoDB's, so the embedded store and a MongoDB backend answer the same queries the same way.
+//! Principal types: [`Query`] (a find request), [`Filter`], [`Projection`], [`Sort`],
+//! [`Count`], [`Distinct`] and [`Pipeline`] (`$match $project $unwind $group $sort $limit
+//! $skip $count`). Each is compiled once from its request document, keeps that validated
+//! document (for a backend that hands it to a server), and runs over many documents without
+//! re-parsing. Anything outside the supported language is refused with a [`QueryError`] that
+//! names it (HTTP 400). [`conformance`] loads the shared conformance cases and runs them
+//! against any backend.
+//!
+//! Semantics worth knowing: values compare in BSON type order, numbers exactly across
+//! int/long/double; embedded documents are equal only with the same fields in the same order
+//! (documents keep their field order: serde_json's `preserve_order`); regexes run on the
+//! linear-time `regex` crate, so PCRE lookaround and backreferences are refused rather than
+//! run on a backtracking engine whose cost a query could make exponential.
 //!
 //! ```
 //! use qs_query::Query;
@@ -11,17 +23,25 @@
 //! assert_eq!(q.run(docs.iter()).len(), 1);
 //! ```
 
+pub mod conformance;
+mod distinct;
+mod expression;
 mod filter;
+mod group;
 mod order;
 mod path;
+mod pipeline;
 mod projection;
 mod sort;
 
-pub use filter::Filter;
-pub use projection::Projection;
+pub use distinct::Distinct;
+pub use filter::{Filter, REGEX_PATTERN_LIMIT};
+pub use order::{bson_type, compare as compare_values, equal as values_equal};
+pub use pipeline::Pipeline;
+pub use projection::{Projection, FIND_KEY};
 pub use sort::Sort;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Why a query was refused; every variant is the caller's mistake (HTTP 400).
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +90,65 @@ pub enum QueryError {
         path: String,
     },
     /// A key of the request body this API does not have.
-    #[error("unknown query field {field:?} (expected filter, projection, sort, limit, skip)")]
+    #[error("unknown request field {field:?} (expected {expected})")]
     UnknownField {
         /// The key.
         field: String,
+        /// The keys this request takes.
+        expected: String,
     },
+    /// A regex using a construct only a backtracking engine runs.
+    #[error("regular expression {pattern:?} uses {construct}, which is not supported (patterns run in linear time)")]
+    UnsupportedRegex {
+        /// The pattern (first 200 characters).
+        pattern: String,
+        /// The construct, e.g. "lookahead (?=…)".
+        construct: &'static str,
+    },
+    /// A regex pattern longer than the limit.
+    #[error("regular expression of {length} bytes is longer than the limit of {limit}")]
+    RegexTooLong {
+        /// The pattern's length in bytes.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A `$type` operand that is no BSON type name or code.
+    #[error("$type {value} is not a BSON type alias or numeric code")]
+    BadType {
+        /// The operand as written.
+        value: String,
+    },
+    /// Two projected paths where one contains the other.
+    #[error("projection path collision at {path:?}")]
+    PathCollision {
+        /// The later of the two paths.
+        path: String,
+    },
+    /// A pipeline stage this engine does not know or support.
+    #[error("unknown or unsupported pipeline stage {stage}")]
+    UnknownStage {
+        /// The stage as written, e.g. `$lookup`.
+        stage: String,
+    },
+}
+
+/// The object of a request body, refusing keys it does not take.
+pub(crate) fn request_fields<'a>(
+    body: &'a Value,
+    allowed: &[&str],
+) -> Result<&'a Map<String, Value>, QueryError> {
+    let map = body.as_object().ok_or_else(|| QueryError::BadOperand {
+        operator: "request".into(),
+        expected: "a JSON object",
+    })?;
+    if let Some(field) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(QueryError::UnknownField {
+            field: field.clone(),
+            expected: allowed.join(", "),
+        });
+    }
+    Ok(map)
 }
 
 /// A complete query.
@@ -105,23 +179,10 @@ fn count(field: &str, v: &Value) -> Result<Option<u64>, QueryError> {
 impl Query {
     /// Parses the HTTP body `{filter, projection, sort, limit, skip}` (all optional).
     pub fn from_request(body: &Value) -> Result<Query, QueryError> {
-        let map = body.as_object().ok_or_else(|| QueryError::BadOperand {
-            operator: "query".into(),
-            expected: "a JSON object",
-        })?;
-        if let Some(field) = map.keys().find(|k| {
-            !matches!(
-                k.as_str(),
-                "filter" | "projection" | "sort" | "limit" | "skip"
-            )
-        }) {
-            return Err(QueryError::UnknownField {
-                field: field.clone(),
-            });
-        }
+        let map = request_fields(body, &["filter", "projection", "sort", "limit", "skip"])?;
         let present = |k: &str| map.get(k).filter(|v| !v.is_null());
         Ok(Query {
-            filter: Filter::parse(present("filter").unwrap_or(&Value::Object(Default::default())))?,
+            filter: Filter::parse(present("filter").unwrap_or(&Value::Object(Map::new())))?,
             projection: present("projection").map(Projection::parse).transpose()?,
             sort: present("sort").map(Sort::parse).transpose()?,
             limit: map
@@ -137,11 +198,26 @@ impl Query {
         })
     }
 
+    /// The validated filter document.
+    pub fn filter_document(&self) -> &Value {
+        self.filter.document()
+    }
+
+    /// The validated projection document, if any.
+    pub fn projection_document(&self) -> Option<&Value> {
+        self.projection.as_ref().map(Projection::document)
+    }
+
+    /// The validated sort document, if any.
+    pub fn sort_document(&self) -> Option<&Value> {
+        self.sort.as_ref().map(Sort::document)
+    }
+
     /// Filters, sorts, skips, limits and projects, in that order, as MongoDB does.
     pub fn run<'a>(&self, docs: impl Iterator<Item = &'a Value>) -> Vec<Value> {
         let mut selected: Vec<&Value> = docs.filter(|d| self.filter.matches(d)).collect();
         if let Some(sort) = &self.sort {
-            selected.sort_by(|a, b| sort.compare(a, b));
+            sort.sort(&mut selected);
         }
         let skip = usize::try_from(self.skip.unwrap_or(0)).unwrap_or(usize::MAX);
         let limit = match self.limit {
@@ -157,6 +233,29 @@ impl Query {
                 None => d.clone(),
             })
             .collect()
+    }
+}
+
+/// A compiled count request: how many documents a filter matches.
+#[derive(Debug, Clone)]
+pub struct Count {
+    /// Which documents.
+    pub filter: Filter,
+}
+
+impl Count {
+    /// Parses the HTTP body `{"filter": {...}}` (filter optional).
+    pub fn from_request(body: &Value) -> Result<Count, QueryError> {
+        let map = request_fields(body, &["filter"])?;
+        let empty = Value::Object(Map::new());
+        Ok(Count {
+            filter: Filter::parse(map.get("filter").filter(|f| !f.is_null()).unwrap_or(&empty))?,
+        })
+    }
+
+    /// How many of `docs` match.
+    pub fn run<'a>(&self, docs: impl Iterator<Item = &'a Value>) -> u64 {
+        self.filter.count(docs)
     }
 }
 

@@ -1,11 +1,27 @@
-//! Resolving dotted paths the way MongoDB does: through objects, into every element of an
-//! array of objects, and by index when a component is a number.
+//! Resolving dotted paths the way MongoDB's matcher does (`BSONElementIterator`).
+//!
+//! Through objects by name; into every element of an array that is an object; by position
+//! when a component is exactly an element's index (`0`, `12`, never `01`); and at the end of
+//! the path, an array yields each of its elements and then itself (unless the operator wants
+//! whole arrays only, as `$size` and `$elemMatch` do). Nested arrays met along the way are not
+//! looked into unless a positional component names them. A branch that ends in a missing field
+//! yields "missing" (what `null` matches); an array whose elements are not objects yields
+//! nothing for a path that continues past it.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// A dotted field path, split once at parse time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldPath(pub Vec<String>);
+
+/// Whether an array at the end of a path also yields its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafArrays {
+    /// Each element, then the array itself (most operators).
+    Expand,
+    /// The array itself only (`$size`, `$elemMatch`).
+    Whole,
+}
 
 impl FieldPath {
     /// Splits `a.b.c`.
@@ -13,41 +29,95 @@ impl FieldPath {
         Self(text.split('.').map(str::to_owned).collect())
     }
 
-    /// Every value the path reaches in `doc` (`None` where a branch is missing).
-    pub fn resolve<'a>(&self, doc: &'a Value) -> Vec<Option<&'a Value>> {
+    /// Every value the path reaches in `doc`, `None` where a branch ends in a missing field.
+    pub fn resolve<'a>(&self, doc: &'a Value, leaf: LeafArrays) -> Vec<Option<&'a Value>> {
         let mut out = Vec::new();
-        resolve(doc, &self.0, &mut out);
+        match doc {
+            Value::Object(map) => walk_object(map, &self.0, leaf, &mut out),
+            _ => out.push(None),
+        }
         out
     }
 }
 
-fn resolve<'a>(v: &'a Value, parts: &[String], out: &mut Vec<Option<&'a Value>>) {
-    let Some((head, rest)) = parts.split_first() else {
-        out.push(Some(v));
-        return;
-    };
-    match v {
-        Value::Object(map) => match map.get(head) {
-            Some(child) => resolve(child, rest, out),
-            None => out.push(None),
-        },
-        Value::Array(items) => {
-            if let Ok(index) = head.parse::<usize>() {
-                match items.get(index) {
-                    Some(item) => resolve(item, rest, out),
-                    None => out.push(None),
-                }
+/// The array index a path component names, if it is written canonically.
+pub fn index_component(part: &str, index: usize) -> bool {
+    !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && part == index.to_string()
+}
+
+fn walk_object<'a>(
+    map: &'a Map<String, Value>,
+    parts: &[String],
+    leaf: LeafArrays,
+    out: &mut Vec<Option<&'a Value>>,
+) {
+    let mut current = map;
+    let mut i = 0;
+    loop {
+        let Some(child) = current.get(&parts[i]) else {
+            out.push(None);
+            return;
+        };
+        let rest = &parts[i + 1..];
+        match child {
+            Value::Array(items) => {
+                walk_array(child, items, rest, leaf, out);
                 return;
             }
-            let before = out.len();
-            for item in items.iter().filter(|i| i.is_object()) {
-                resolve(item, parts, out);
+            _ if rest.is_empty() => {
+                out.push(Some(child));
+                return;
             }
-            if out.len() == before {
+            Value::Object(next) => {
+                current = next;
+                i += 1;
+            }
+            _ => {
                 out.push(None);
+                return;
             }
         }
-        _ => out.push(None),
+    }
+}
+
+fn walk_array<'a>(
+    array: &'a Value,
+    items: &'a [Value],
+    rest: &[String],
+    leaf: LeafArrays,
+    out: &mut Vec<Option<&'a Value>>,
+) {
+    let Some((next, after)) = rest.split_first() else {
+        if leaf == LeafArrays::Expand {
+            out.extend(items.iter().map(Some));
+        }
+        out.push(Some(array));
+        return;
+    };
+    for (index, item) in items.iter().enumerate() {
+        let positional = index_component(next, index);
+        match item {
+            Value::Object(map) => {
+                walk_object(map, rest, leaf, out);
+                if positional {
+                    if after.is_empty() {
+                        out.push(Some(item));
+                    } else {
+                        walk_object(map, after, leaf, out);
+                    }
+                }
+            }
+            _ if positional => {
+                if after.is_empty() {
+                    // A positional hit at the end of the path is the element itself; a nested
+                    // array is not looked into.
+                    out.push(Some(item));
+                } else if let Value::Array(inner) = item {
+                    walk_array(item, inner, after, leaf, out);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -56,19 +126,52 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn r(path: &str, doc: &Value) -> Vec<Option<Value>> {
+        FieldPath::parse(path)
+            .resolve(doc, LeafArrays::Expand)
+            .into_iter()
+            .map(|v| v.cloned())
+            .collect()
+    }
+
     #[test]
     fn walks_objects_arrays_and_indexes() {
         let doc = json!({"a": {"b": 1}, "l": [{"n": "x"}, {"n": "y"}, {"m": 1}, 5]});
-        assert_eq!(FieldPath::parse("a.b").resolve(&doc), vec![Some(&json!(1))]);
+        assert_eq!(r("a.b", &doc), vec![Some(json!(1))]);
         assert_eq!(
-            FieldPath::parse("l.n").resolve(&doc),
-            vec![Some(&json!("x")), Some(&json!("y")), None]
+            r("l.n", &doc),
+            vec![Some(json!("x")), Some(json!("y")), None]
+        );
+        assert_eq!(r("l.3", &doc), vec![None, None, None, Some(json!(5))]);
+        assert_eq!(r("l.9", &doc), vec![None, None, None]);
+        assert_eq!(r("a.b.c", &doc), vec![None]);
+    }
+
+    #[test]
+    fn leaf_arrays_yield_elements_then_themselves() {
+        let doc = json!({"a": [1, [2]]});
+        assert_eq!(
+            r("a", &doc),
+            vec![Some(json!(1)), Some(json!([2])), Some(json!([1, [2]]))]
         );
         assert_eq!(
-            FieldPath::parse("l.1.n").resolve(&doc),
-            vec![Some(&json!("y"))]
+            FieldPath::parse("a").resolve(&doc, LeafArrays::Whole),
+            vec![Some(&json!([1, [2]]))]
         );
-        assert_eq!(FieldPath::parse("l.9").resolve(&doc), vec![None]);
-        assert_eq!(FieldPath::parse("a.b.c").resolve(&doc), vec![None]);
+    }
+
+    #[test]
+    fn scalar_arrays_and_empty_arrays_yield_nothing_past_them() {
+        assert!(r("a.b", &json!({"a": [1, 2]})).is_empty());
+        assert!(r("a.b", &json!({"a": []})).is_empty());
+        assert!(r("a.0", &json!({"a": []})).is_empty());
+    }
+
+    #[test]
+    fn positional_components_are_canonical_and_do_not_expand_nested_arrays() {
+        assert!(r("a.01", &json!({"a": [1, 2]})).is_empty());
+        assert_eq!(r("a.0", &json!({"a": [[1, 2]]})), vec![Some(json!([1, 2]))]);
+        assert_eq!(r("a.0.1", &json!({"a": [[1, 2]]})), vec![Some(json!(2))]);
+        assert!(r("a.b", &json!({"a": [[{"b": 1}]]})).is_empty());
     }
 }

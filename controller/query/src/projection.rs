@@ -1,22 +1,44 @@
-//! MongoDB projections: include or exclude dotted paths.
+//! MongoDB projections: include or exclude dotted paths (MongoDB 4.4+ semantics).
 //!
-//! `mercury_id` plays the part of MongoDB's `_id`: kept by an inclusion projection unless
-//! excluded explicitly.
+//! In `find`, `mercury_id` plays the part of MongoDB's `_id`: kept by an inclusion projection
+//! unless excluded explicitly. In an aggregation `$project` the key is `_id` itself. Included
+//! fields come out in the document's own order. A path through an array applies to each
+//! element that is a document (scalars are dropped by an inclusion, kept by an exclusion);
+//! `find` also recurses into nested arrays, `$project` does not. A numeric component is a field
+//! name, never an array index. An empty `find` projection returns whole documents.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::path::FieldPath;
-use super::QueryError;
+use crate::QueryError;
 
-/// The document key that inclusion projections keep unless told otherwise.
-const KEY: &str = "mercury_id";
+/// The document key that `find` projections keep unless told otherwise.
+pub const FIND_KEY: &str = "mercury_id";
 
-/// A compiled projection.
+/// A compiled projection, with the document it was compiled from.
 #[derive(Debug, Clone)]
 pub struct Projection {
-    include: bool,
-    paths: Vec<FieldPath>,
-    keep_key: bool,
+    mode: Mode,
+    tree: Node,
+    recurse_nested_arrays: bool,
+    document: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Include,
+    Exclude,
+    Whole,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node(BTreeMap<String, Child>);
+
+#[derive(Debug, Clone)]
+enum Child {
+    Leaf,
+    Sub(Node),
 }
 
 fn flag(path: &str, v: &Value) -> Result<bool, QueryError> {
@@ -25,31 +47,81 @@ fn flag(path: &str, v: &Value) -> Result<bool, QueryError> {
         Value::Number(n) => Ok(n.as_f64().is_some_and(|f| f != 0.0)),
         _ => Err(QueryError::BadProjection {
             path: path.to_owned(),
-            reason: "values must be 1/0 or true/false (expressions are not supported)",
+            reason: "values must be 1/0 or true/false (expressions, $slice, $elemMatch and $meta are not supported)",
         }),
     }
 }
 
+impl Node {
+    fn insert(&mut self, path: &str) -> Result<(), QueryError> {
+        let collision = || QueryError::PathCollision {
+            path: path.to_owned(),
+        };
+        let parts: Vec<&str> = path.split('.').collect();
+        let mut node = self;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            if last {
+                if node.0.contains_key(*part) {
+                    return Err(collision());
+                }
+                node.0.insert((*part).to_owned(), Child::Leaf);
+                return Ok(());
+            }
+            let child = node
+                .0
+                .entry((*part).to_owned())
+                .or_insert_with(|| Child::Sub(Node::default()));
+            node = match child {
+                Child::Sub(n) => n,
+                Child::Leaf => return Err(collision()),
+            };
+        }
+        Ok(())
+    }
+}
+
 impl Projection {
-    /// Compiles a projection document.
+    /// Compiles a `find` projection; `{}` returns whole documents.
     pub fn parse(doc: &Value) -> Result<Projection, QueryError> {
+        Self::compile(doc, FIND_KEY, true, "projection")
+    }
+
+    /// Compiles the document of an aggregation `$project` stage (key `_id`, not empty).
+    pub fn parse_stage(doc: &Value) -> Result<Projection, QueryError> {
+        let p = Self::compile(doc, "_id", false, "$project")?;
+        if p.mode == Mode::Whole {
+            return Err(QueryError::BadOperand {
+                operator: "$project".into(),
+                expected: "at least one field",
+            });
+        }
+        Ok(p)
+    }
+
+    fn compile(
+        doc: &Value,
+        key: &str,
+        recurse_nested_arrays: bool,
+        what: &str,
+    ) -> Result<Projection, QueryError> {
         let map = doc.as_object().ok_or_else(|| QueryError::BadOperand {
-            operator: "projection".into(),
+            operator: what.to_owned(),
             expected: "a document",
         })?;
         let mut include: Option<bool> = None;
-        let mut keep_key = true;
-        let mut paths = Vec::new();
+        let mut keep_key: Option<bool> = None;
+        let mut tree = Node::default();
         for (path, v) in map {
-            if path.starts_with('$') || path.is_empty() || path.split('.').any(str::is_empty) {
+            if path.is_empty() || path.split('.').any(|p| p.is_empty() || p.starts_with('$')) {
                 return Err(QueryError::BadProjection {
                     path: path.clone(),
-                    reason: "not a field path",
+                    reason: "not a field path (positional $ and operators are not supported)",
                 });
             }
             let on = flag(path, v)?;
-            if path == KEY {
-                keep_key = on;
+            if path == key {
+                keep_key = Some(on);
                 continue;
             }
             match include {
@@ -61,21 +133,29 @@ impl Projection {
                 }
                 _ => include = Some(on),
             }
-            paths.push(FieldPath::parse(path));
+            tree.insert(path)?;
         }
-        match include {
-            Some(include) => Ok(Projection {
-                include,
-                paths,
-                keep_key,
-            }),
-            // Only mercury_id named: `{mercury_id: 1}` keeps just it, `{mercury_id: 0}` drops it.
-            None => Ok(Projection {
-                include: keep_key,
-                paths: Vec::new(),
-                keep_key,
-            }),
+        let mode = match (include, keep_key) {
+            (None, None) => Mode::Whole,
+            (Some(true), _) | (None, Some(true)) => Mode::Include,
+            (Some(false), _) | (None, Some(false)) => Mode::Exclude,
+        };
+        match mode {
+            Mode::Include if keep_key != Some(false) => tree.insert(key)?,
+            Mode::Exclude if keep_key == Some(false) => tree.insert(key)?,
+            _ => {}
         }
+        Ok(Projection {
+            mode,
+            tree,
+            recurse_nested_arrays,
+            document: doc.clone(),
+        })
+    }
+
+    /// The validated projection document, as a backend hands it to a server.
+    pub fn document(&self) -> &Value {
+        &self.document
     }
 
     /// The projected copy of `doc`.
@@ -83,94 +163,84 @@ impl Projection {
         let Value::Object(map) = doc else {
             return doc.clone();
         };
-        let mut out = if self.include {
-            let mut out = Map::new();
-            for path in &self.paths {
-                include_path(map, &path.0, &mut out);
-            }
-            out
-        } else {
-            let mut out = map.clone();
-            for path in &self.paths {
-                exclude_path(&mut out, &path.0);
-            }
-            out
-        };
-        match (self.keep_key, map.get(KEY)) {
-            (true, Some(key)) => {
-                out.insert(KEY.into(), key.clone());
-            }
-            (false, _) => {
-                out.remove(KEY);
-            }
-            _ => {}
+        match self.mode {
+            Mode::Whole => doc.clone(),
+            Mode::Include => Value::Object(self.include(map, &self.tree)),
+            Mode::Exclude => Value::Object(self.exclude(map, &self.tree)),
         }
-        Value::Object(out)
     }
-}
 
-fn include_path(src: &Map<String, Value>, parts: &[String], out: &mut Map<String, Value>) {
-    let Some((head, rest)) = parts.split_first() else {
-        return;
-    };
-    let Some(value) = src.get(head) else { return };
-    if rest.is_empty() {
-        out.insert(head.clone(), value.clone());
-        return;
-    }
-    match value {
-        Value::Object(child) => {
-            let mut sub = match out.remove(head) {
-                Some(Value::Object(m)) => m,
-                _ => Map::new(),
-            };
-            include_path(child, rest, &mut sub);
-            if !sub.is_empty() {
-                out.insert(head.clone(), Value::Object(sub));
-            }
-        }
-        Value::Array(items) => {
-            let previous = match out.remove(head) {
-                Some(Value::Array(a)) => a,
-                _ => Vec::new(),
-            };
-            let projected: Vec<Value> = items
-                .iter()
-                .filter_map(Value::as_object)
-                .enumerate()
-                .map(|(i, item)| {
-                    let mut sub = match previous.get(i) {
-                        Some(Value::Object(m)) => m.clone(),
-                        _ => Map::new(),
-                    };
-                    include_path(item, rest, &mut sub);
-                    Value::Object(sub)
-                })
-                .collect();
-            out.insert(head.clone(), Value::Array(projected));
-        }
-        _ => {}
-    }
-}
-
-fn exclude_path(map: &mut Map<String, Value>, parts: &[String]) {
-    let Some((head, rest)) = parts.split_first() else {
-        return;
-    };
-    if rest.is_empty() {
-        map.remove(head);
-        return;
-    }
-    match map.get_mut(head) {
-        Some(Value::Object(child)) => exclude_path(child, rest),
-        Some(Value::Array(items)) => {
-            for item in items.iter_mut() {
-                if let Value::Object(child) = item {
-                    exclude_path(child, rest);
+    fn include(&self, map: &Map<String, Value>, node: &Node) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (k, v) in map {
+            match node.0.get(k) {
+                None => {}
+                Some(Child::Leaf) => {
+                    out.insert(k.clone(), v.clone());
+                }
+                Some(Child::Sub(sub)) => {
+                    if let Some(projected) = self.include_value(v, sub) {
+                        out.insert(k.clone(), projected);
+                    }
                 }
             }
         }
-        _ => {}
+        out
+    }
+
+    /// A value on the way to an included sub-path; `None` when nothing of it stays.
+    fn include_value(&self, v: &Value, node: &Node) -> Option<Value> {
+        match v {
+            Value::Object(map) => Some(Value::Object(self.include(map, node))),
+            Value::Array(items) => Some(Value::Array(
+                items
+                    .iter()
+                    .filter_map(|item| match item {
+                        Value::Object(map) => Some(Value::Object(self.include(map, node))),
+                        Value::Array(_) if self.recurse_nested_arrays => {
+                            self.include_value(item, node)
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn exclude(&self, map: &Map<String, Value>, node: &Node) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (k, v) in map {
+            match node.0.get(k) {
+                None => {
+                    out.insert(k.clone(), v.clone());
+                }
+                Some(Child::Leaf) => {}
+                Some(Child::Sub(sub)) => {
+                    out.insert(k.clone(), self.exclude_value(v, sub));
+                }
+            }
+        }
+        out
+    }
+
+    fn exclude_value(&self, v: &Value, node: &Node) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(self.exclude(map, node)),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::Object(map) => Value::Object(self.exclude(map, node)),
+                        Value::Array(_) if self.recurse_nested_arrays => {
+                            self.exclude_value(item, node)
+                        }
+                        other => other.clone(),
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
     }
 }
 
@@ -189,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn inclusion_keeps_paths_and_the_key() {
+    fn inclusion_keeps_paths_and_the_key_in_document_order() {
         assert_eq!(
             p(json!({"mem.total": 1}), doc()),
             json!({"mercury_id": "01", "mem": {"total": 1}})
@@ -199,14 +269,28 @@ mod tests {
             json!({"interfaces": [{"name": "a"}, {"name": "b"}]})
         );
         assert_eq!(
-            p(json!({"interfaces.name": 1, "interfaces.mtu": 1}), doc()),
-            json!({"mercury_id": "01", "interfaces": [{"name": "a", "mtu": 1}, {"name": "b"}]})
+            p(json!({"cpu": 1, "mem.free": 1}), doc())
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["mercury_id", "mem", "cpu"]
         );
         assert_eq!(p(json!({"nope": 1}), doc()), json!({"mercury_id": "01"}));
         assert_eq!(
             p(json!({"mercury_id": 1}), doc()),
             json!({"mercury_id": "01"})
         );
+        // A missing sub-field keeps its enclosing document, empty.
+        assert_eq!(
+            p(json!({"cpu.cores": 1, "mercury_id": 0}), doc()),
+            json!({"cpu": {}})
+        );
+    }
+
+    #[test]
+    fn empty_projection_returns_the_whole_document() {
+        assert_eq!(p(json!({}), doc()), doc());
     }
 
     #[test]
@@ -219,16 +303,30 @@ mod tests {
             json!({"mem": {"total": 1}, "cpu": {"model": "x"}})
         );
         assert_eq!(
-            p(json!({"interfaces.mtu": false}), doc())["interfaces"][0],
-            json!({"name": "a"})
+            p(json!({"interfaces.mtu": false}), doc())["interfaces"],
+            json!([{"name": "a"}, {"name": "b"}, 7])
         );
     }
 
     #[test]
-    fn mixing_and_expressions_are_refused() {
+    fn nested_arrays_recurse_in_find_but_not_in_project() {
+        let d = json!({"a": [[{"b": 1, "c": 2}], {"b": 3}]});
+        assert_eq!(p(json!({"a.b": 1}), d.clone()), json!({"a": [[{"b": 1}], {"b": 3}]}));
+        assert_eq!(
+            Projection::parse_stage(&json!({"a.b": 1})).unwrap().apply(&d),
+            json!({"a": [{"b": 3}]})
+        );
+    }
+
+    #[test]
+    fn mixing_collisions_and_expressions_are_refused() {
         assert!(Projection::parse(&json!({"a": 1, "b": 0})).is_err());
+        assert!(Projection::parse(&json!({"a": 1, "a.b": 1})).is_err());
+        assert!(Projection::parse(&json!({"a.b": 0, "a": 0})).is_err());
         assert!(Projection::parse(&json!({"a": {"$slice": 1}})).is_err());
         assert!(Projection::parse(&json!({"$a": 1})).is_err());
         assert!(Projection::parse(&json!({"a..b": 1})).is_err());
+        assert!(Projection::parse_stage(&json!({})).is_err());
+        assert!(Projection::parse(&json!({"a.b": 1, "a.c": 1})).is_ok());
     }
 }
