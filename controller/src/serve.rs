@@ -1,12 +1,12 @@
 //! `qs serve`: the controller process.
 //!
-//! Binds the agent endpoint (a [`FrameGuard`] on the public TCP port in front of a ROUTER socket
-//! on a private Unix socket in the data dir) and the HTTP API, prints the addresses it got as
-//! one JSON line on stdout (so `--agents tcp://127.0.0.1:0` works for tests and scripts), and
-//! runs until SIGINT/SIGTERM.
+//! Binds the agent port ([`Transport`]) and the HTTP API, prints the addresses it got as one
+//! JSON line on stdout (so `--agents tcp://127.0.0.1:0` works for tests and scripts), and runs
+//! until SIGINT/SIGTERM. The owners of agent state are built here, each once: registry,
+//! ingest, dispatcher; the sweep is a background task woken by a timer and by disconnections.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use zeromq::{RouterSocket, Socket};
 
 use crate::agents::counters::Counters;
-use crate::agents::frame_guard::{FrameGuard, GuardConfig, PeerAddresses};
-use crate::agents::link::{AgentLink, LinkConfig};
-use crate::agents::registry::Registry;
+use crate::agents::dispatcher::Dispatcher;
+use crate::agents::ingest::{Ingest, IngestConfig};
+use crate::agents::protocol::{AgentProtocol, ProtocolConfig};
+use crate::agents::registry::{Registry, RegistryConfig};
+use crate::agents::transport::{Transport, TransportConfig};
 use crate::http::{self, AppState};
 use crate::store::Store;
 
@@ -56,6 +57,18 @@ pub struct ServeArgs {
     /// script request came to (its Host header) with the agent port.
     #[arg(long)]
     advertise: Option<String>,
+    /// This controller's name in agent records (`agent.controller`); defaults to the host name.
+    #[arg(long, env = "QS_CONTROLLER_NAME")]
+    name: Option<String>,
+    /// Longest deadline a capability call may ask for.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_call_timeout: Duration,
+    /// Most agent connections at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Most agent connections at once from one address.
+    #[arg(long, default_value_t = 1024)]
+    max_connections_per_source: usize,
 }
 
 /// Validated settings of the controller.
@@ -79,6 +92,14 @@ pub struct ServeConfig {
     pub boot_dir: Option<PathBuf>,
     /// The agent endpoint written into boot scripts instead of the Host header's host.
     pub advertise: Option<String>,
+    /// This controller's name.
+    pub name: String,
+    /// Longest capability call deadline.
+    pub max_call_timeout: Duration,
+    /// Most agent connections.
+    pub max_connections: usize,
+    /// Most agent connections per source address.
+    pub max_connections_per_source: usize,
 }
 
 impl ServeArgs {
@@ -104,6 +125,10 @@ impl ServeArgs {
                 .map(qs_boot::script::parse_advertise)
                 .transpose()
                 .context("--advertise must look like tcp://HOST:PORT")?,
+            name: self.name.unwrap_or_else(host_name),
+            max_call_timeout: self.max_call_timeout,
+            max_connections: self.max_connections.max(1),
+            max_connections_per_source: self.max_connections_per_source.max(1),
         })
     }
 }
@@ -114,6 +139,28 @@ fn parse_tcp_endpoint(text: &str) -> anyhow::Result<SocketAddr> {
     };
     addr.parse()
         .with_context(|| format!("--agents {text:?} is not tcp://IP:PORT"))
+}
+
+/// The machine's host name, for `agent.controller`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "controller".into())
+}
+
+/// Raises the open-file limit to its hard maximum: every agent holds a descriptor.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "open-file limit raised"),
+            Err(error) => warn!(error = %error, soft, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
+        Err(error) => warn!(error = %error, "cannot read the open-file limit"),
+    }
 }
 
 /// `/var/lib/quicksilver` when writable (root), else `~/.local/share/quicksilver`.
@@ -134,21 +181,47 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store = Store::open_embedded(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let registry = Arc::new(
-        Registry::load(store.clone(), config.heartbeat_timeout)
-            .await
-            .context("cannot load agent state")?,
-    );
-    let counters = Arc::new(Counters::default());
-    let peers = Arc::new(PeerAddresses::default());
-
-    let router_path = router_socket_path(&config.data_dir)?;
-    let mut router = RouterSocket::new();
-    router
-        .bind(&format!("ipc://{}", router_path.display()))
+    raise_open_file_limit();
+    let epoch = store
+        .next_epoch()
         .await
-        .with_context(|| format!("cannot bind the ROUTER socket at {}", router_path.display()))?;
-    let (router_send, router_recv) = router.split();
+        .context("cannot advance the controller epoch in the store")?;
+    let counters = Arc::new(Counters::default());
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        RegistryConfig {
+            timeout: config.heartbeat_timeout,
+            controller: config.name.clone(),
+        },
+    ));
+    registry
+        .mark_stale_offline()
+        .await
+        .context("cannot mark agents of an earlier run offline")?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        epoch,
+        config.max_call_timeout,
+        counters.clone(),
+    ));
+    let shutdown = CancellationToken::new();
+    // The ingest worker outlives the transport so queued changes are committed on the way out.
+    let ingest_shutdown = CancellationToken::new();
+    let (ingest, ingest_worker) = Ingest::start(
+        store.clone(),
+        IngestConfig::default(),
+        counters.clone(),
+        ingest_shutdown.clone(),
+    );
+    let protocol = Arc::new(AgentProtocol::new(
+        ProtocolConfig {
+            max_frame: config.max_frame,
+            heartbeat_interval: config.heartbeat_interval,
+        },
+        counters.clone(),
+        registry.clone(),
+        ingest,
+        dispatcher.clone(),
+    ));
 
     let agent_listener = TcpListener::bind(config.agents)
         .await
@@ -160,30 +233,22 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
 
-    let (link, outbox) = AgentLink::new(
-        LinkConfig {
-            max_frame: config.max_frame,
-            heartbeat_interval: config.heartbeat_interval,
-        },
-        counters.clone(),
-        registry.clone(),
-        store.clone(),
-        peers.clone(),
-    );
-    let guard = FrameGuard::new(
+    let transport = Transport::new(
         agent_listener,
-        router_path.clone(),
-        GuardConfig {
+        TransportConfig {
             max_frame: config.max_frame,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: config.heartbeat_timeout,
+            max_connections: config.max_connections,
+            max_connections_per_source: config.max_connections_per_source,
         },
         counters.clone(),
-        peers,
+        protocol,
     );
     let app = http::router(AppState {
         store,
         registry: registry.clone(),
-        link: link.clone(),
+        dispatcher,
         counters,
     });
 
@@ -194,14 +259,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"agents": format!("tcp://{agents_addr}"), "http": format!("http://{http_addr}")})
     );
-    info!(agents = %agents_addr, http = %http_addr, data_dir = %config.data_dir.display(), "controller listening");
+    info!(agents = %agents_addr, http = %http_addr, data_dir = %config.data_dir.display(), epoch, name = %config.name, "controller listening");
 
-    let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    tasks.spawn(guard.run(shutdown.clone()));
-    tasks.spawn(link.run(router_recv, router_send, outbox, shutdown.clone()));
+    tasks.spawn(transport.run(shutdown.clone()));
     tasks.spawn(sweep_loop(
-        registry,
+        registry.clone(),
         config.heartbeat_timeout,
         shutdown.clone(),
     ));
@@ -226,29 +289,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     info!("shutting down");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    let _ = std::fs::remove_file(&router_path);
+    // Every connection is closed now: record those sessions offline.
+    if let Err(error) = registry.sweep().await {
+        warn!(error = %qs_proto::ErrorReport::from_error(&error), "last agent sweep failed");
+    }
+    ingest_shutdown.cancel();
+    let _ = ingest_worker.await;
     Ok(())
-}
-
-/// The ROUTER's private socket; Unix socket paths are limited to ~100 bytes.
-fn router_socket_path(data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let dir = data_dir.join("run");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = std::path::absolute(dir.join("agents.sock"))
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    if path.as_os_str().len() > 100 {
-        bail!(
-            "data dir path is too long for a Unix socket: {}",
-            path.display()
-        );
-    }
-    // A socket file left by a killed controller would make bind fail.
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", path.display())),
-    }
-    Ok(path)
 }
 
 async fn sweep_loop(registry: Arc<Registry>, timeout: Duration, shutdown: CancellationToken) {
@@ -259,13 +306,12 @@ async fn sweep_loop(registry: Arc<Registry>, timeout: Duration, shutdown: Cancel
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            () = registry.woken() => {}
         }
         if let Err(error) = registry.sweep().await {
             warn!(error = %qs_proto::ErrorReport::from_error(&error), "agent sweep failed");
         }
     }
-    // Persist the latest last_seen values on the way out.
-    let _ = registry.sweep().await;
 }
 
 fn spawn_local_agent(agents: SocketAddr) -> anyhow::Result<tokio::process::Child> {

@@ -27,6 +27,16 @@ pub struct Counters {
     pub inventory_deltas: AtomicU64,
     /// Whole inventories received (registrations and full updates).
     pub inventory_updates: AtomicU64,
+    /// Connections refused because a connection limit was reached.
+    pub refused_connections: AtomicU64,
+    /// Sessions closed because the agent sent nothing within the idle deadline.
+    pub idle_closed: AtomicU64,
+    /// Replies that matched no request in flight (late, or for an earlier controller process).
+    pub late_replies: AtomicU64,
+    /// Inventories refused for their shape or size (not a document, too deep, too large, a delta that does not apply).
+    pub documents_refused: AtomicU64,
+    /// Store transactions the ingest worker committed (each holds many agents' changes).
+    pub ingest_batches: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`], as the API reports it.
@@ -52,6 +62,16 @@ pub struct CountersSnapshot {
     pub inventory_deltas: u64,
     /// See [`Counters::inventory_updates`].
     pub inventory_updates: u64,
+    /// See [`Counters::refused_connections`].
+    pub refused_connections: u64,
+    /// See [`Counters::idle_closed`].
+    pub idle_closed: u64,
+    /// See [`Counters::late_replies`].
+    pub late_replies: u64,
+    /// See [`Counters::documents_refused`].
+    pub documents_refused: u64,
+    /// See [`Counters::ingest_batches`].
+    pub ingest_batches: u64,
 }
 
 impl Counters {
@@ -74,6 +94,11 @@ impl Counters {
             refused: get(&self.refused),
             inventory_deltas: get(&self.inventory_deltas),
             inventory_updates: get(&self.inventory_updates),
+            refused_connections: get(&self.refused_connections),
+            idle_closed: get(&self.idle_closed),
+            late_replies: get(&self.late_replies),
+            documents_refused: get(&self.documents_refused),
+            ingest_batches: get(&self.ingest_batches),
         }
     }
 }

@@ -1,6 +1,15 @@
-//! Everything about agents: the guarded ZeroMQ endpoint, the protocol, and agent state.
+//! Everything about agents, one owner per concern:
+//! - [`transport`]: the agent port; owns each TCP stream and its ZMTP framing ([`zmtp`]);
+//! - [`protocol`]: what each agent message does;
+//! - [`ingest`]: the only writer of inventories, batching store commits;
+//! - [`dispatcher`]: requests to agents and their replies;
+//! - [`registry`]: agent sessions and liveness;
+//! - [`counters`]: what arrived and what was refused.
 
 pub mod counters;
-pub mod frame_guard;
-pub mod link;
+pub mod dispatcher;
+pub mod ingest;
+pub mod protocol;
 pub mod registry;
+pub mod transport;
+pub mod zmtp;

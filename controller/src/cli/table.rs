@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn flattens_nested_documents() {
-        let doc = json!({"a": {"b": 1}, "l": [{"n": "x"}], "f": ["p", "q"]});
+        // Documents keep their fields' order (as MongoDB does), and so does the flattening.
+        let doc = json!({"a": {"b": 1}, "f": ["p", "q"], "l": [{"n": "x"}]});
         assert_eq!(
             flatten(&doc),
             vec![

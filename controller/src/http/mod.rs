@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 pub use error::ApiError;
 
 use crate::agents::counters::{Counters, CountersSnapshot};
-use crate::agents::link::{AgentLink, CallError};
+use crate::agents::dispatcher::{CallError, Dispatcher, DispatcherStatus, Progress};
 use crate::agents::registry::{AgentSummary, Registry};
 use crate::store::Store;
 use qs_query::Query;
@@ -32,8 +32,8 @@ pub struct AppState {
     pub store: Store,
     /// Agent state.
     pub registry: Arc<Registry>,
-    /// The agent protocol endpoint, for capability calls.
-    pub link: Arc<AgentLink>,
+    /// Requests to agents (capability calls).
+    pub dispatcher: Arc<Dispatcher>,
     /// Agent endpoint counters.
     pub counters: Arc<Counters>,
 }
@@ -50,7 +50,8 @@ pub fn router(state: AppState) -> Router {
             "/hosts/{mercury_id}/boot",
             axum::routing::put(hosts::set_boot),
         )
-        .route("/counters", get(counters));
+        .route("/counters", get(counters))
+        .route("/dispatcher", get(dispatcher_status));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
@@ -69,8 +70,17 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn list_agents(State(state): State<AppState>) -> Json<Vec<AgentSummary>> {
-    Json(state.registry.list())
+async fn list_agents(State(state): State<AppState>) -> Result<Json<Vec<AgentSummary>>, ApiError> {
+    state
+        .registry
+        .list()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::internal(&e))
+}
+
+async fn dispatcher_status(State(state): State<AppState>) -> Json<DispatcherStatus> {
+    Json(state.dispatcher.status())
 }
 
 async fn counters(State(state): State<AppState>) -> Json<CountersSnapshot> {
@@ -152,13 +162,38 @@ async fn call_capability(
                 "timeout must be a positive number of seconds",
             )
         })?;
+    let conn = state
+        .registry
+        .connection(&id)
+        .ok_or_else(|| CallError::NotConnected(id.clone()))
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_connected", e.to_string()))?;
+    // Progress is collected while the call runs and returned with its outcome.
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel::<Progress>(256);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(p) = progress_rx.recv().await {
+            all.push(p);
+        }
+        all
+    });
     let outcome = state
-        .link
-        .call(&id, &request.capability, request.args, timeout)
-        .await
+        .dispatcher
+        .call(
+            &conn,
+            &request.capability,
+            request.args,
+            timeout,
+            Some(progress_tx),
+        )
+        .await;
+    let progress = collector.await.unwrap_or_default();
+    let outcome = outcome
         .map_err(|error| match &error {
-            CallError::NotConnected(_) => {
+            CallError::NotConnected(_) | CallError::Disconnected(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_connected", error.to_string())
+            }
+            CallError::TimeoutTooLong { .. } => {
+                ApiError::bad_request("bad_request", error.to_string())
             }
             CallError::Timeout { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", error.to_string())
@@ -179,8 +214,12 @@ async fn call_capability(
             CallError::Encode(_) => ApiError::internal(&error),
         })?;
     Ok(Json(match outcome {
-        CallOutcome::Succeeded(output) => json!({"outcome": "succeeded", "output": output}),
-        CallOutcome::Failed(report) => json!({"outcome": "failed", "error": report}),
+        CallOutcome::Succeeded(output) => {
+            json!({"outcome": "succeeded", "output": output, "progress": progress})
+        }
+        CallOutcome::Failed(report) => {
+            json!({"outcome": "failed", "error": report, "progress": progress})
+        }
     }))
 }
 
@@ -188,8 +227,6 @@ async fn call_capability(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::agents::frame_guard::PeerAddresses;
-    use crate::agents::link::LinkConfig;
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
@@ -197,26 +234,19 @@ mod tests {
 
     async fn app(dir: &std::path::Path) -> (Router, Store) {
         let store = Store::open_embedded(dir).unwrap();
-        let registry = Arc::new(
-            Registry::load(store.clone(), Duration::from_secs(15))
-                .await
-                .unwrap(),
-        );
-        let counters = Arc::new(Counters::default());
-        let (link, _outbox) = AgentLink::new(
-            LinkConfig {
-                max_frame: 1 << 20,
-                heartbeat_interval: Duration::from_secs(5),
-            },
-            counters.clone(),
-            registry.clone(),
+        let registry = Arc::new(Registry::new(
             store.clone(),
-            Arc::new(PeerAddresses::default()),
-        );
+            crate::agents::registry::RegistryConfig {
+                timeout: Duration::from_secs(15),
+                controller: "test".into(),
+            },
+        ));
+        let counters = Arc::new(Counters::default());
+        let dispatcher = Arc::new(Dispatcher::new(1, Duration::from_secs(3600), counters.clone()));
         let state = AppState {
             store: store.clone(),
             registry,
-            link,
+            dispatcher,
             counters,
         };
         (router(state), store)

@@ -12,13 +12,15 @@ use std::sync::{Arc, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Map, Value};
 
-use super::StoreError;
+use super::{StoreError, Write};
 use qs_query::Query;
 
 const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory");
 const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent");
 /// MercuryId → the controller's `boot` subdocument (what the host boots when it PXE-boots).
 const BOOT: TableDefinition<&str, &[u8]> = TableDefinition::new("boot");
+/// Small controller-wide values (the process epoch counter).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// One server's stored parts.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +53,9 @@ impl Entry {
 pub struct EmbeddedStore {
     db: Database,
     docs: RwLock<BTreeMap<String, Entry>>,
+    /// Held across a batch's conditions, commit and memory update, so a conditional write is
+    /// decided against exactly what it replaces (redb serialises write transactions anyway).
+    writer: std::sync::Mutex<()>,
 }
 
 fn storage(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
@@ -75,6 +80,7 @@ impl EmbeddedStore {
         let store = Self {
             db,
             docs: RwLock::new(BTreeMap::new()),
+            writer: std::sync::Mutex::new(()),
         };
         store.load()?;
         Ok(store)
@@ -91,6 +97,9 @@ impl EmbeddedStore {
             .map_err(|e| storage("open table")(e.into()))?;
         write
             .open_table(AGENT)
+            .map_err(|e| storage("open table")(e.into()))?;
+        write
+            .open_table(META)
             .map_err(|e| storage("open table")(e.into()))?;
         write.commit().map_err(|e| storage("commit")(e.into()))?;
 
@@ -240,6 +249,119 @@ impl EmbeddedStore {
         let entry = docs.entry(id.to_owned()).or_default();
         entry.boot = Some(boot);
         entry.remerge(id);
+        Ok(())
+    }
+
+    /// Increments and returns the controller epoch: a number no earlier start of this store
+    /// returned (message ids carry it, so they never repeat across restarts).
+    pub fn next_epoch(&self) -> Result<u32, StoreError> {
+        let write = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("begin")(e.into()))?;
+        let epoch = {
+            let mut t = write
+                .open_table(META)
+                .map_err(|e| storage("open table")(e.into()))?;
+            let last = t
+                .get("epoch")
+                .map_err(|e| storage("read")(e.into()))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            // Epochs live in 32 bits of a message id; after 4 billion starts they wrap.
+            let next = (last + 1) & u64::from(u32::MAX);
+            let next = next.max(1);
+            t.insert("epoch", next)
+                .map_err(|e| storage("insert")(e.into()))?;
+            next as u32
+        };
+        write.commit().map_err(|e| storage("commit")(e.into()))?;
+        Ok(epoch)
+    }
+
+    /// Applies every write in one transaction (one fsync), then updates memory. A conditional
+    /// agent write whose session no longer matches the stored one is skipped.
+    pub fn write_batch(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut encoded: Vec<(Write, Vec<u8>)> = Vec::with_capacity(writes.len());
+        for w in writes {
+            let bytes = match &w {
+                Write::Inventory { doc, .. } => serde_json::to_vec(doc),
+                Write::Agent { agent, .. } => serde_json::to_vec(agent),
+            }
+            .map_err(|source| StoreError::Corrupt {
+                id: w.id().to_owned(),
+                source,
+            })?;
+            encoded.push((w, bytes));
+        }
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Decide conditional writes against memory, which mirrors what is committed; the
+        // writer lock keeps anything from changing in between.
+        let applied: Vec<bool> = {
+            let docs = self.read_docs();
+            encoded
+                .iter()
+                .map(|(w, _)| match w {
+                    Write::Agent {
+                        id,
+                        only_if_session: Some(session),
+                        ..
+                    } => docs
+                        .get(id)
+                        .and_then(|e| e.agent.as_ref())
+                        .and_then(|a| a.get("session"))
+                        .and_then(Value::as_u64)
+                        == Some(*session),
+                    _ => true,
+                })
+                .collect()
+        };
+        let write = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("begin")(e.into()))?;
+        {
+            let mut inventory = write
+                .open_table(INVENTORY)
+                .map_err(|e| storage("open table")(e.into()))?;
+            let mut agent = write
+                .open_table(AGENT)
+                .map_err(|e| storage("open table")(e.into()))?;
+            for ((w, bytes), apply) in encoded.iter().zip(&applied) {
+                if !apply {
+                    continue;
+                }
+                let table = match w {
+                    Write::Inventory { .. } => &mut inventory,
+                    Write::Agent { .. } => &mut agent,
+                };
+                table
+                    .insert(w.id(), bytes.as_slice())
+                    .map_err(|e| storage("insert")(e.into()))?;
+            }
+        }
+        write.commit().map_err(|e| storage("commit")(e.into()))?;
+        let mut docs = self.write_docs();
+        for ((w, _), apply) in encoded.into_iter().zip(applied) {
+            if !apply {
+                continue;
+            }
+            match w {
+                Write::Inventory { id, doc } => {
+                    let entry = docs.entry(id.clone()).or_default();
+                    entry.inventory = Some(doc);
+                    entry.remerge(&id);
+                }
+                Write::Agent { id, agent, .. } => {
+                    let entry = docs.entry(id.clone()).or_default();
+                    entry.agent = Some(agent);
+                    entry.remerge(&id);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -60,6 +60,37 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// One write of a batch ([`Store::write_batch`]).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Replaces a server's inventory (everything but the controller-owned `agent` field).
+    Inventory {
+        /// The MercuryId.
+        id: String,
+        /// The inventory, `mercury_id` included, `agent` excluded.
+        doc: serde_json::Map<String, Value>,
+    },
+    /// Replaces a server's `agent` subdocument.
+    Agent {
+        /// The MercuryId.
+        id: String,
+        /// The agent fields.
+        agent: Value,
+        /// Write only if the stored `agent.session` is this one: a session that ended must not
+        /// overwrite the record of the session that replaced it.
+        only_if_session: Option<u64>,
+    },
+}
+
+impl Write {
+    /// The MercuryId the write is for.
+    pub fn id(&self) -> &str {
+        match self {
+            Write::Inventory { id, .. } | Write::Agent { id, .. } => id,
+        }
+    }
+}
+
 /// The inventory store the controller uses.
 #[derive(Clone)]
 pub enum Store {
@@ -110,6 +141,27 @@ impl Store {
     pub async fn get_inventory(&self, id: &str) -> Result<Option<Value>, StoreError> {
         match self {
             Store::Embedded(s) => Ok(s.get(id)),
+        }
+    }
+
+    /// Applies many writes (several servers' inventories and agent fields) in one
+    /// transaction: all of them or none.
+    pub async fn write_batch(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let s = s.clone();
+                blocking(move || s.write_batch(writes)).await
+            }
+        }
+    }
+
+    /// A number no earlier start of this controller's store returned.
+    pub async fn next_epoch(&self) -> Result<u32, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let s = s.clone();
+                blocking(move || s.next_epoch()).await
+            }
         }
     }
 
