@@ -260,7 +260,13 @@ impl AgentProtocol {
             .await;
     }
 
-    async fn reply_error(&self, conn: &Connection, re: MessageId, code: ErrorCode, message: String) {
+    async fn reply_error(
+        &self,
+        conn: &Connection,
+        re: MessageId,
+        code: ErrorCode,
+        message: String,
+    ) {
         let reply = Envelope::reply(
             self.dispatcher.next_id(),
             re,
@@ -316,5 +322,276 @@ impl Handler for AgentProtocol {
     fn on_disconnect(&self, conn: &Arc<Connection>) {
         self.dispatcher.on_disconnect(conn);
         self.registry.end_session(&conn.id(), conn.identity());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::agents::dispatcher::Dispatcher;
+    use crate::agents::ingest::IngestConfig;
+    use crate::agents::registry::RegistryConfig;
+    use crate::agents::transport::ConnectionId;
+    use crate::store::Store;
+    use qs_proto::InventoryUpdate;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    const A: &str = "013c16030373937262a32e831ff18c941b6481ded8";
+
+    struct Rig {
+        protocol: AgentProtocol,
+        store: Store,
+        registry: Arc<Registry>,
+        counters: Arc<Counters>,
+        _dir: tempfile::TempDir,
+        _shutdown: CancellationToken,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let counters = Arc::new(Counters::default());
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            RegistryConfig {
+                timeout: Duration::from_secs(15),
+                controller: "test".into(),
+            },
+        ));
+        let shutdown = CancellationToken::new();
+        let (ingest, _worker) = Ingest::start(
+            store.clone(),
+            IngestConfig::default(),
+            counters.clone(),
+            shutdown.clone(),
+        );
+        let dispatcher = Arc::new(Dispatcher::new(
+            5,
+            Duration::from_secs(3600),
+            counters.clone(),
+        ));
+        let protocol = AgentProtocol::new(
+            ProtocolConfig {
+                max_frame: 1 << 20,
+                heartbeat_interval: Duration::from_secs(5),
+            },
+            counters.clone(),
+            registry.clone(),
+            ingest,
+            dispatcher,
+        );
+        Rig {
+            protocol,
+            store,
+            registry,
+            counters,
+            _dir: dir,
+            _shutdown: shutdown,
+        }
+    }
+
+    fn conn(n: u64) -> (Arc<Connection>, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(16);
+        let c = Connection::new(
+            ConnectionId(n),
+            "127.0.0.1:4000".parse().unwrap(),
+            A.parse().unwrap(),
+            tx,
+        );
+        (Arc::new(c), rx)
+    }
+
+    async fn send(rig: &Rig, conn: &Arc<Connection>, id: u64, body: Body) {
+        let frame = codec::encode(&Envelope::new(MessageId(id), body)).unwrap();
+        rig.protocol.on_message(conn, frame).await;
+    }
+
+    async fn reply(rx: &mut mpsc::Receiver<Vec<u8>>) -> Envelope {
+        let frame = rx.recv().await.unwrap();
+        let body = if frame[0] & 0x02 != 0 {
+            &frame[9..]
+        } else {
+            &frame[2..]
+        };
+        codec::decode(body, 1 << 20).unwrap()
+    }
+
+    fn register(inventory: serde_json::Value, version: u64) -> Body {
+        Body::Register(Register {
+            mercury_id: A.parse().unwrap(),
+            agent_version: "0.1.0".into(),
+            boot_id: "boot".into(),
+            capabilities: Vec::new(),
+            inventory,
+            inventory_version: version,
+            image_id: Some("img-1".into()),
+        })
+    }
+
+    fn delta(base: u64, version: u64, patch: serde_json::Value) -> Body {
+        Body::InventoryDelta(InventoryDelta {
+            base,
+            version,
+            patch: serde_json::from_value(patch).unwrap(),
+        })
+    }
+
+    #[tokio::test]
+    async fn register_is_stored_before_it_is_acknowledged_then_heartbeats_are_answered() {
+        let rig = rig();
+        let (c, mut rx) = conn(1);
+        send(&rig, &c, 1, Body::Heartbeat(Heartbeat {})).await;
+        assert!(matches!(
+            reply(&mut rx).await.body,
+            Body::Error(ErrorBody {
+                code: ErrorCode::NotRegistered,
+                ..
+            })
+        ));
+        send(&rig, &c, 2, register(json!({"mem": {"total": 8}}), 1)).await;
+        let ack = reply(&mut rx).await;
+        assert!(matches!(ack.body, Body::Registered(_)));
+        assert_eq!(ack.re, Some(MessageId(2)));
+        // Stored, with the controller's agent fields, before the reply left.
+        let doc = rig.store.get_inventory(A).await.unwrap().unwrap();
+        assert_eq!(doc["mem"]["total"], 8);
+        assert_eq!(doc["agent"]["online"], true);
+        assert_eq!(doc["agent"]["image_id"], "img-1");
+        assert_eq!(doc["agent"]["address"], "127.0.0.1:4000");
+        assert_eq!(doc["agent"]["session"], (5u64 << 32) | 1);
+        send(&rig, &c, 3, Body::Heartbeat(Heartbeat {})).await;
+        assert!(matches!(reply(&mut rx).await.body, Body::Heartbeat(_)));
+    }
+
+    #[tokio::test]
+    async fn a_delta_against_a_stale_version_is_refused_and_changes_nothing() {
+        let rig = rig();
+        let (c, mut rx) = conn(1);
+        send(&rig, &c, 1, register(json!({"disks": ["sda", "sdb"]}), 4)).await;
+        reply(&mut rx).await;
+        send(
+            &rig,
+            &c,
+            2,
+            delta(3, 5, json!([{"op": "remove", "path": "/disks/1"}])),
+        )
+        .await;
+        let refused = reply(&mut rx).await;
+        assert!(matches!(
+            refused.body,
+            Body::Error(ErrorBody {
+                code: ErrorCode::StaleBase,
+                ..
+            })
+        ));
+        let doc = rig.store.get_inventory(A).await.unwrap().unwrap();
+        assert_eq!(doc["disks"], json!(["sda", "sdb"]));
+        // Against the right version it applies, and the next delta builds on it.
+        send(
+            &rig,
+            &c,
+            3,
+            delta(4, 5, json!([{"op": "remove", "path": "/disks/1"}])),
+        )
+        .await;
+        send(
+            &rig,
+            &c,
+            4,
+            delta(
+                5,
+                6,
+                json!([{"op": "add", "path": "/disks/-", "value": "sdc"}]),
+            ),
+        )
+        .await;
+        let doc = rig.store.get_inventory(A).await.unwrap().unwrap();
+        assert_eq!(doc["disks"], json!(["sda", "sdc"]));
+        assert_eq!(rig.counters.snapshot().inventory_deltas, 2);
+        // A delta that does not apply asks for the whole inventory too.
+        send(
+            &rig,
+            &c,
+            5,
+            delta(6, 7, json!([{"op": "remove", "path": "/nothing"}])),
+        )
+        .await;
+        assert!(matches!(
+            reply(&mut rx).await.body,
+            Body::Error(ErrorBody {
+                code: ErrorCode::StaleBase,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_register_on_a_new_connection_takes_over_the_session() {
+        let rig = rig();
+        let (c1, mut rx1) = conn(1);
+        let (c2, mut rx2) = conn(2);
+        send(&rig, &c1, 1, register(json!({"n": 1}), 1)).await;
+        reply(&mut rx1).await;
+        send(&rig, &c2, 1, register(json!({"n": 2}), 1)).await;
+        assert!(matches!(reply(&mut rx2).await.body, Body::Registered(_)));
+        assert!(c1.is_closed(), "the replaced connection is closed");
+        assert_eq!(rig.registry.session_count(), 1);
+        // The old connection's disconnect does not end the new session.
+        rig.protocol.on_disconnect(&c1);
+        assert_eq!(rig.registry.session_count(), 1);
+        let doc = rig.store.get_inventory(A).await.unwrap().unwrap();
+        assert_eq!(doc["n"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_non_document_inventory_is_the_agents_mistake_and_a_forged_id_is_refused() {
+        let rig = rig();
+        let (c, mut rx) = conn(1);
+        send(&rig, &c, 1, register(json!([1, 2, 3]), 1)).await;
+        assert!(matches!(
+            reply(&mut rx).await.body,
+            Body::Error(ErrorBody {
+                code: ErrorCode::BadArguments,
+                ..
+            })
+        ));
+        assert_eq!(rig.counters.snapshot().documents_refused, 1);
+        assert!(rig.store.get_inventory(A).await.unwrap().is_none());
+        let mut other = match register(json!({}), 1) {
+            Body::Register(r) => r,
+            _ => unreachable!(),
+        };
+        other.mercury_id = "00bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            .parse()
+            .unwrap();
+        send(&rig, &c, 2, Body::Register(other)).await;
+        assert!(matches!(
+            reply(&mut rx).await.body,
+            Body::Error(ErrorBody {
+                code: ErrorCode::BadArguments,
+                ..
+            })
+        ));
+        // A full update without a session asks to register.
+        send(
+            &rig,
+            &c,
+            3,
+            Body::InventoryUpdate(InventoryUpdate {
+                inventory: json!({}),
+                version: 2,
+            }),
+        )
+        .await;
+        assert!(matches!(
+            reply(&mut rx).await.body,
+            Body::Error(ErrorBody {
+                code: ErrorCode::NotRegistered,
+                ..
+            })
+        ));
     }
 }
