@@ -327,11 +327,8 @@ pub enum Reply {
 /// Something that answers the suite's requests over a data set.
 pub trait Backend {
     /// Makes a data set available under `id` (called once per data set, before its cases).
-    fn load(
-        &mut self,
-        id: &str,
-        docs: &[Value],
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    fn load(&mut self, id: &str, docs: &[Value])
+        -> impl Future<Output = Result<(), String>> + Send;
 
     /// Answers one request over a loaded data set; `Err` is a failure of the backend itself
     /// (not a refusal).
@@ -473,7 +470,9 @@ pub fn check(case: &Case, docs: &[Value], reply: &Reply, side: Side) -> Result<(
             return if side == Side::Server || message.contains(text.as_str()) {
                 Ok(())
             } else {
-                Err(format!("refused with {message:?}, expected a refusal naming {text:?}"))
+                Err(format!(
+                    "refused with {message:?}, expected a refusal naming {text:?}"
+                ))
             };
         }
         (Reply::Refused(message), _) => return Err(format!("refused: {message}")),
@@ -499,9 +498,9 @@ pub fn check(case: &Case, docs: &[Value], reply: &Reply, side: Side) -> Result<(
     };
     let same = match (&case.operation, &expected, answer) {
         (Operation::Count(_), e, a) => strict_equal(e, a),
-        (Operation::Distinct(_), Value::Array(e), Value::Array(a)) => {
-            same_set(e, a, |x, y| equal(x, y) && bracket_kind(x) == bracket_kind(y))
-        }
+        (Operation::Distinct(_), Value::Array(e), Value::Array(a)) => same_set(e, a, |x, y| {
+            equal(x, y) && bracket_kind(x) == bracket_kind(y)
+        }),
         (op, Value::Array(e), Value::Array(a)) => {
             let fields = &case.unordered_fields;
             let item_eq = |x: &Value, y: &Value| documents_equal(x, y, fields);
@@ -554,15 +553,14 @@ fn same_set(e: &[Value], a: &[Value], eq: impl Fn(&Value, &Value) -> bool) -> bo
         return false;
     }
     let mut used = vec![false; a.len()];
-    e.iter().all(|x| {
-        match (0..a.len()).find(|&i| !used[i] && eq(x, &a[i])) {
+    e.iter()
+        .all(|x| match (0..a.len()).find(|&i| !used[i] && eq(x, &a[i])) {
             Some(i) => {
                 used[i] = true;
                 true
             }
             None => false,
-        }
-    })
+        })
 }
 
 fn documents_equal(x: &Value, y: &Value, unordered: &[String]) -> bool {
@@ -599,8 +597,7 @@ pub fn strict_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .zip(y)
                     .all(|((kp, vp), (kq, vq))| kp == kq && strict_equal(vp, vq))
         }
@@ -661,8 +658,14 @@ mod tests {
 
     #[test]
     fn strict_equality_tells_order_and_number_kinds_apart() {
-        assert!(strict_equal(&json!({"a": 1, "b": 2}), &json!({"a": 1, "b": 2})));
-        assert!(!strict_equal(&json!({"a": 1, "b": 2}), &json!({"b": 2, "a": 1})));
+        assert!(strict_equal(
+            &json!({"a": 1, "b": 2}),
+            &json!({"a": 1, "b": 2})
+        ));
+        assert!(!strict_equal(
+            &json!({"a": 1, "b": 2}),
+            &json!({"b": 2, "a": 1})
+        ));
         assert!(!strict_equal(&json!(1), &json!(1.0)));
         assert!(strict_equal(&json!(2.5), &json!(2.5)));
     }

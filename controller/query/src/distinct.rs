@@ -41,13 +41,13 @@ impl Distinct {
     /// Parses the HTTP body `{"path": "a.b", "filter": {...}}` (filter optional).
     pub fn from_request(body: &Value) -> Result<Distinct, QueryError> {
         let map = crate::request_fields(body, &["path", "filter"])?;
-        let path = map
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| QueryError::BadOperand {
-                operator: "distinct".into(),
-                expected: "a \"path\" string",
-            })?;
+        let path =
+            map.get("path")
+                .and_then(Value::as_str)
+                .ok_or_else(|| QueryError::BadOperand {
+                    operator: "distinct".into(),
+                    expected: "a \"path\" string",
+                })?;
         let empty = Value::Object(Map::new());
         let filter = map.get("filter").filter(|f| !f.is_null()).unwrap_or(&empty);
         Distinct::new(path, filter)
@@ -173,14 +173,26 @@ mod tests {
             json!({"b": 1}),
             json!({"a": "x"}),
         ];
-        assert_eq!(d("a", docs), vec![json!(null), json!(1), json!("x"), json!([2])]);
+        assert_eq!(
+            d("a", docs),
+            vec![json!(null), json!(1), json!("x"), json!([2])]
+        );
     }
 
     #[test]
     fn paths_through_arrays_and_positions() {
-        let docs = vec![json!({"l": [{"n": "x"}, {"n": ["y", "z"]}, 5]}), json!({"l": [7, 8]})];
-        assert_eq!(d("l.n", docs.clone()), vec![json!("x"), json!("y"), json!("z")]);
-        assert_eq!(d("l.1", docs.clone()), vec![json!(8), json!({"n": ["y", "z"]})]);
+        let docs = vec![
+            json!({"l": [{"n": "x"}, {"n": ["y", "z"]}, 5]}),
+            json!({"l": [7, 8]}),
+        ];
+        assert_eq!(
+            d("l.n", docs.clone()),
+            vec![json!("x"), json!("y"), json!("z")]
+        );
+        assert_eq!(
+            d("l.1", docs.clone()),
+            vec![json!(8), json!({"n": ["y", "z"]})]
+        );
         assert!(d("l.01", docs).is_empty());
     }
 }

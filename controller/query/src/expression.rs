@@ -28,14 +28,15 @@ impl Expression {
             }),
             Value::String(s) if s.starts_with('$') => {
                 let path = &s[1..];
-                if path.is_empty() || path.split('.').any(|p| p.is_empty() || p.starts_with('$'))
-                {
+                if path.is_empty() || path.split('.').any(|p| p.is_empty() || p.starts_with('$')) {
                     return Err(QueryError::BadOperand {
                         operator: context.to_owned(),
                         expected: "field paths of the form \"$a.b\"",
                     });
                 }
-                Ok(Expression::Field(path.split('.').map(str::to_owned).collect()))
+                Ok(Expression::Field(
+                    path.split('.').map(str::to_owned).collect(),
+                ))
             }
             Value::Array(items) => items
                 .iter()

@@ -129,7 +129,10 @@ fn parse_document(map: &Map<String, Value>) -> Result<Expr, QueryError> {
                     operator: op.to_owned(),
                 })
             }
-            field => parts.push(Expr::Field(FieldPath::parse(field), parse_condition(value)?)),
+            field => parts.push(Expr::Field(
+                FieldPath::parse(field),
+                parse_condition(value)?,
+            )),
         }
     }
     Ok(if parts.len() == 1 {
@@ -578,9 +581,11 @@ fn single(cond: &Cond, v: Option<&Value>) -> bool {
                 _ => false,
             })
         }),
-        Cond::ElemMatchValue(conds) => v
-            .and_then(Value::as_array)
-            .is_some_and(|items| items.iter().any(|e| conds.iter().all(|c| single(c, Some(e))))),
+        Cond::ElemMatchValue(conds) => v.and_then(Value::as_array).is_some_and(|items| {
+            items
+                .iter()
+                .any(|e| conds.iter().all(|c| single(c, Some(e))))
+        }),
         Cond::Not(conds) => !conds.iter().all(|c| single(c, v)),
         Cond::Type(types) => v.is_some_and(|v| {
             let code = bson_type(v);
@@ -684,7 +689,10 @@ mod tests {
         assert!(!m(json!({"interfaces.mtu": {"$gt": 9000}}), server()));
         assert!(m(json!({"bmc": {"$gte": null}}), server()));
         assert!(!m(json!({"bmc": {"$gt": null}}), server()));
-        assert!(!m(json!({"n": 9_007_199_254_740_993_i64}), json!({"n": 9_007_199_254_740_992.0})));
+        assert!(!m(
+            json!({"n": 9_007_199_254_740_993_i64}),
+            json!({"n": 9_007_199_254_740_992.0})
+        ));
     }
 
     #[test]
@@ -788,7 +796,10 @@ mod tests {
             server()
         ));
         // The value form tests elements as they are: a nested array is not looked into.
-        assert!(!m(json!({"a": {"$elemMatch": {"$eq": 1}}}), json!({"a": [[1]]})));
+        assert!(!m(
+            json!({"a": {"$elemMatch": {"$eq": 1}}}),
+            json!({"a": [[1]]})
+        ));
     }
 
     #[test]
@@ -809,7 +820,10 @@ mod tests {
             (json!({"a": {"$mod": [1]}}), "$mod"),
             (json!({"a": {"$type": "strin"}}), "strin"),
             (json!({"a": {"$type": 42}}), "42"),
-            (json!({"a": {"$all": [{"$elemMatch": {"b": 1}}, 1]}}), "$all"),
+            (
+                json!({"a": {"$all": [{"$elemMatch": {"b": 1}}, 1]}}),
+                "$all",
+            ),
         ] {
             let err = Filter::parse(&filter).unwrap_err().to_string();
             assert!(err.contains(name), "{filter}: {err}");

@@ -118,13 +118,13 @@ impl Group {
                     expected: "output field names without '.' or a leading '$'",
                 });
             }
-            let acc = v
-                .as_object()
-                .filter(|m| m.len() == 1)
-                .ok_or_else(|| QueryError::BadOperand {
-                    operator: "$group".into(),
-                    expected: "each output field to be {accumulator: expression}",
-                })?;
+            let acc =
+                v.as_object()
+                    .filter(|m| m.len() == 1)
+                    .ok_or_else(|| QueryError::BadOperand {
+                        operator: "$group".into(),
+                        expected: "each output field to be {accumulator: expression}",
+                    })?;
             let Some((op, arg)) = acc.iter().next() else {
                 continue;
             };

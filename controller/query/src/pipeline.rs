@@ -42,9 +42,11 @@ struct Unwind {
 
 fn positive_count(stage: &str, v: &Value, allow_zero: bool) -> Result<usize, QueryError> {
     let n = match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)),
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
         _ => None,
     };
     match n {
@@ -204,10 +206,7 @@ impl Pipeline {
         for stage in &self.stages {
             current = match stage {
                 Stage::Match(filter) => current.into_iter().filter(|d| filter.matches(d)).collect(),
-                Stage::Project(p) => current
-                    .iter()
-                    .map(|d| Cow::Owned(p.apply(d)))
-                    .collect(),
+                Stage::Project(p) => current.iter().map(|d| Cow::Owned(p.apply(d))).collect(),
                 Stage::Unwind(u) => current
                     .iter()
                     .flat_map(|d| unwind(u, d))
@@ -374,7 +373,10 @@ mod tests {
     fn count_limit_skip() {
         let docs: Vec<Value> = (0..5).map(|i| json!({"i": i})).collect();
         assert_eq!(
-            run(json!([{"$skip": 1}, {"$limit": 3}, {"$count": "n"}]), docs.clone()),
+            run(
+                json!([{"$skip": 1}, {"$limit": 3}, {"$count": "n"}]),
+                docs.clone()
+            ),
             vec![json!({"n": 3})]
         );
         assert!(run(json!([{"$match": {"i": 9}}, {"$count": "n"}]), docs).is_empty());
@@ -386,7 +388,10 @@ mod tests {
             (json!([{"$lookup": {}}]), "$lookup"),
             (json!([{"$limit": 0}]), "$limit"),
             (json!([{"$group": {"n": {"$sum": 1}}}]), "_id"),
-            (json!([{"$group": {"_id": null, "n": {"$stdDevPop": "$a"}}}]), "$stdDevPop"),
+            (
+                json!([{"$group": {"_id": null, "n": {"$stdDevPop": "$a"}}}]),
+                "$stdDevPop",
+            ),
             (json!([{"$sort": {}}]), "$sort"),
             (json!([{"$count": "$n"}]), "$count"),
             (json!([{"$match": {}, "$limit": 1}]), "one field"),

@@ -3,9 +3,9 @@
 //! In `find`, `mercury_id` plays the part of MongoDB's `_id`: kept by an inclusion projection
 //! unless excluded explicitly. In an aggregation `$project` the key is `_id` itself. Included
 //! fields come out in the document's own order. A path through an array applies to each
-//! element that is a document (scalars are dropped by an inclusion, kept by an exclusion);
-//! `find` also recurses into nested arrays, `$project` does not. A numeric component is a field
-//! name, never an array index. An empty `find` projection returns whole documents.
+//! element that is a document, and of nested arrays (scalars are dropped by an inclusion, kept
+//! by an exclusion). A numeric component is a field name, never an array index. An empty
+//! `find` projection returns whole documents.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,6 @@ pub const FIND_KEY: &str = "mercury_id";
 pub struct Projection {
     mode: Mode,
     tree: Node,
-    recurse_nested_arrays: bool,
     document: Value,
 }
 
@@ -84,12 +83,12 @@ impl Node {
 impl Projection {
     /// Compiles a `find` projection; `{}` returns whole documents.
     pub fn parse(doc: &Value) -> Result<Projection, QueryError> {
-        Self::compile(doc, FIND_KEY, true, "projection")
+        Self::compile(doc, FIND_KEY, "projection")
     }
 
     /// Compiles the document of an aggregation `$project` stage (key `_id`, not empty).
     pub fn parse_stage(doc: &Value) -> Result<Projection, QueryError> {
-        let p = Self::compile(doc, "_id", false, "$project")?;
+        let p = Self::compile(doc, "_id", "$project")?;
         if p.mode == Mode::Whole {
             return Err(QueryError::BadOperand {
                 operator: "$project".into(),
@@ -99,12 +98,7 @@ impl Projection {
         Ok(p)
     }
 
-    fn compile(
-        doc: &Value,
-        key: &str,
-        recurse_nested_arrays: bool,
-        what: &str,
-    ) -> Result<Projection, QueryError> {
+    fn compile(doc: &Value, key: &str, what: &str) -> Result<Projection, QueryError> {
         let map = doc.as_object().ok_or_else(|| QueryError::BadOperand {
             operator: what.to_owned(),
             expected: "a document",
@@ -148,7 +142,6 @@ impl Projection {
         Ok(Projection {
             mode,
             tree,
-            recurse_nested_arrays,
             document: doc.clone(),
         })
     }
@@ -197,9 +190,7 @@ impl Projection {
                     .iter()
                     .filter_map(|item| match item {
                         Value::Object(map) => Some(Value::Object(self.include(map, node))),
-                        Value::Array(_) if self.recurse_nested_arrays => {
-                            self.include_value(item, node)
-                        }
+                        Value::Array(_) => self.include_value(item, node),
                         _ => None,
                     })
                     .collect(),
@@ -232,9 +223,7 @@ impl Projection {
                     .iter()
                     .map(|item| match item {
                         Value::Object(map) => Value::Object(self.exclude(map, node)),
-                        Value::Array(_) if self.recurse_nested_arrays => {
-                            self.exclude_value(item, node)
-                        }
+                        Value::Array(_) => self.exclude_value(item, node),
                         other => other.clone(),
                     })
                     .collect(),
@@ -309,12 +298,17 @@ mod tests {
     }
 
     #[test]
-    fn nested_arrays_recurse_in_find_but_not_in_project() {
-        let d = json!({"a": [[{"b": 1, "c": 2}], {"b": 3}]});
-        assert_eq!(p(json!({"a.b": 1}), d.clone()), json!({"a": [[{"b": 1}], {"b": 3}]}));
+    fn nested_arrays_are_recursed_into() {
+        let d = json!({"a": [[{"b": 1, "c": 2}], {"b": 3}, 4]});
         assert_eq!(
-            Projection::parse_stage(&json!({"a.b": 1})).unwrap().apply(&d),
-            json!({"a": [{"b": 3}]})
+            p(json!({"a.b": 1}), d.clone()),
+            json!({"a": [[{"b": 1}], {"b": 3}]})
+        );
+        assert_eq!(
+            Projection::parse_stage(&json!({"a.c": 0}))
+                .unwrap()
+                .apply(&d),
+            json!({"a": [[{"b": 1}], {"b": 3}, 4]})
         );
     }
 

@@ -62,8 +62,7 @@ impl Sort {
                     Some(-1.0) => false,
                     _ => return Err(QueryError::BadSort { path: path.clone() }),
                 };
-                if path.is_empty() || path.split('.').any(|p| p.is_empty() || p.starts_with('$'))
-                {
+                if path.is_empty() || path.split('.').any(|p| p.is_empty() || p.starts_with('$')) {
                     return Err(QueryError::BadSort { path: path.clone() });
                 }
                 Ok((FieldPath::parse(path), ascending))

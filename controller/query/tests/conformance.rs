@@ -1,0 +1,350 @@
+//! The conformance suite (controller/query/conformance/*.json) against this engine and against
+//! a real MongoDB-wire server: secantusdb started by tests/mongodb-server, or the server named
+//! by `QS_TEST_MONGODB_URI`. The server run fails when no server can be started.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, Regex};
+use mongodb::{Client, Collection};
+use qs_query::conformance::{self, Backend, CaseFile, Operation, Reply, Side};
+use qs_query::FIND_KEY;
+use serde_json::{Map, Value};
+
+fn cases() -> Vec<CaseFile> {
+    let (files, errors) = conformance::load_dir(&conformance::default_dir());
+    for e in &errors {
+        let mut line = format!("cannot use case file: {e}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            line.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        eprintln!("{line}");
+    }
+    assert!(
+        errors.is_empty(),
+        "{} case files could not be used",
+        errors.len()
+    );
+    let total: usize = files.iter().map(|f| f.cases.len()).sum();
+    assert!(total >= 300, "only {total} cases");
+    files
+}
+
+#[tokio::test]
+async fn engine_answers_every_case_as_mongodb_does() {
+    let files = cases();
+    let report = conformance::run(
+        &files,
+        &mut conformance::EngineBackend::default(),
+        Side::Ours,
+    )
+    .await;
+    println!("engine: {}", report.render());
+    assert!(report.failures.is_empty(), "{}", report.render());
+}
+
+/// A MongoDB-wire server for the test: started here, or named by the environment.
+struct Server {
+    uri: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Result<Server, String> {
+        if let Ok(uri) = std::env::var("QS_TEST_MONGODB_URI") {
+            return Ok(Server { uri, child: None });
+        }
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mongodb-server");
+        let mut child = Command::new(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", script.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(read.map(|_| line));
+        });
+        // Generous: the first run installs secantusdb into a virtualenv.
+        // Owned from here on, so every early return stops the script.
+        let mut server = Server {
+            uri: String::new(),
+            child: Some(child),
+        };
+        match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(Ok(line)) if line.starts_with("mongodb://") => {
+                server.uri = line.trim().to_owned();
+                Ok(server)
+            }
+            Ok(Ok(line)) => Err(format!("tests/mongodb-server printed {line:?}, not a URI")),
+            Ok(Err(e)) => Err(format!("cannot read tests/mongodb-server's output: {e}")),
+            Err(_) => Err("tests/mongodb-server printed no URI within 600 s".into()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // SIGTERM lets the script stop the server and remove its data directory.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// JSON to BSON as a MongoDB backend stores it: whole numbers as int32 when they fit, else
+/// int64; other numbers as doubles; `{"$regex", "$options"}` inside arrays as BSON regexes
+/// (JSON's spelling of `/re/` in `$in`, `$nin`, `$all`).
+fn to_bson(v: &Value) -> Bson {
+    match v {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => match i32::try_from(i) {
+                Ok(small) => Bson::Int32(small),
+                Err(_) => Bson::Int64(i),
+            },
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::Array(items) => Bson::Array(
+            items
+                .iter()
+                .map(|item| regex_of(item).unwrap_or_else(|| to_bson(item)))
+                .collect(),
+        ),
+        Value::Object(map) => Bson::Document(to_document(map)),
+    }
+}
+
+fn regex_of(v: &Value) -> Option<Bson> {
+    let map = v.as_object()?;
+    let pattern = map.get("$regex")?.as_str()?;
+    let options = map
+        .get("$options")
+        .map(|o| o.as_str())
+        .unwrap_or(Some(""))?;
+    if map.keys().any(|k| k != "$regex" && k != "$options") {
+        return None;
+    }
+    let mut flags: Vec<char> = options.chars().collect();
+    flags.sort_unstable();
+    Some(Bson::RegularExpression(Regex {
+        pattern: pattern.to_owned(),
+        options: flags.into_iter().collect(),
+    }))
+}
+
+fn to_document(map: &Map<String, Value>) -> Document {
+    map.iter().map(|(k, v)| (k.clone(), to_bson(v))).collect()
+}
+
+fn to_json(b: &Bson) -> Value {
+    match b {
+        Bson::Null => Value::Null,
+        Bson::Boolean(x) => Value::Bool(*x),
+        Bson::String(s) => Value::String(s.clone()),
+        Bson::Int32(i) => Value::from(*i),
+        Bson::Int64(i) => Value::from(*i),
+        Bson::Double(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(format!("{f}"))),
+        Bson::Array(items) => Value::Array(items.iter().map(to_json).collect()),
+        Bson::Document(d) => {
+            Value::Object(d.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
+        other => Value::String(format!("<{other:?}>")),
+    }
+}
+
+fn doc_of(v: Option<&Value>) -> Result<Document, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Document::new()),
+        Some(Value::Object(m)) => Ok(to_document(m)),
+        Some(other) => Ok(mongodb::bson::doc! {"$qs_not_a_document": to_bson(other)}),
+    }
+}
+
+/// The find projection a plain server needs to answer like our API: `_id` (the server's own
+/// key) never shown, `mercury_id` kept by inclusions unless excluded, `{}` whole documents.
+fn server_projection(p: Option<&Value>) -> Result<Document, String> {
+    let mut out = Document::new();
+    let Some(Value::Object(map)) = p else {
+        if let Some(other) = p.filter(|v| !v.is_null()) {
+            return Ok(mongodb::bson::doc! {"$qs_not_a_document": to_bson(other)});
+        }
+        out.insert("_id", 0);
+        return Ok(out);
+    };
+    let truthy = |v: &Value| match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        _ => true,
+    };
+    let inclusion = map.iter().any(|(k, v)| k != FIND_KEY && truthy(v))
+        || (map.len() == 1 && map.get(FIND_KEY).is_some_and(truthy));
+    // Only `_id` may go against a projection's kind: our key is included or left out instead.
+    let keep_key = map.get(FIND_KEY).is_none_or(truthy);
+    for (k, v) in map {
+        if k != FIND_KEY {
+            out.insert(k.clone(), to_bson(v));
+        }
+    }
+    match (inclusion, keep_key) {
+        (true, true) => {
+            out.insert(FIND_KEY, 1);
+        }
+        (false, false) => {
+            out.insert(FIND_KEY, 0);
+        }
+        _ => {}
+    }
+    out.insert("_id", 0);
+    Ok(out)
+}
+
+struct ServerBackend {
+    client: Client,
+    database: String,
+}
+
+impl ServerBackend {
+    fn collection(&self, id: &str) -> Collection<Document> {
+        self.client
+            .database(&self.database)
+            .collection(&id.replace('.', "_"))
+    }
+}
+
+fn refused(e: mongodb::error::Error) -> Result<Reply, String> {
+    match *e.kind {
+        mongodb::error::ErrorKind::Command(ref c) => Ok(Reply::Refused(c.message.clone())),
+        _ => Err(format!("{e}")),
+    }
+}
+
+impl Backend for ServerBackend {
+    async fn load(&mut self, id: &str, docs: &[Value]) -> Result<(), String> {
+        let coll = self.collection(id);
+        coll.drop().await.map_err(|e| format!("drop: {e}"))?;
+        let docs: Vec<Document> = docs
+            .iter()
+            .filter_map(Value::as_object)
+            .map(to_document)
+            .collect();
+        if !docs.is_empty() {
+            coll.insert_many(docs)
+                .await
+                .map_err(|e| format!("insert: {e}"))?;
+        } else {
+            self.client
+                .database(&self.database)
+                .create_collection(id.replace('.', "_"))
+                .await
+                .map_err(|e| format!("create: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, id: &str, operation: &Operation) -> Result<Reply, String> {
+        let coll = self.collection(id);
+        let body = operation.body();
+        match operation {
+            Operation::Find(_) => {
+                let mut find = coll
+                    .find(doc_of(body.get("filter"))?)
+                    .projection(server_projection(body.get("projection"))?);
+                if let Some(sort) = body.get("sort").filter(|s| !s.is_null()) {
+                    find = find.sort(doc_of(Some(sort))?);
+                }
+                if let Some(skip) = body.get("skip").and_then(Value::as_u64) {
+                    find = find.skip(skip);
+                }
+                if let Some(limit) = body.get("limit").and_then(Value::as_i64) {
+                    find = find.limit(limit);
+                }
+                let cursor = match find.await {
+                    Ok(c) => c,
+                    Err(e) => return refused(e),
+                };
+                match cursor.try_collect::<Vec<Document>>().await {
+                    Ok(docs) => Ok(Reply::Answer(Value::Array(
+                        docs.into_iter()
+                            .map(|d| to_json(&Bson::Document(d)))
+                            .collect(),
+                    ))),
+                    Err(e) => refused(e),
+                }
+            }
+            Operation::Count(_) => match coll.count_documents(doc_of(body.get("filter"))?).await {
+                Ok(n) => Ok(Reply::Answer(Value::from(n))),
+                Err(e) => refused(e),
+            },
+            Operation::Distinct(_) => {
+                let path = body.get("path").and_then(Value::as_str).unwrap_or("");
+                match coll.distinct(path, doc_of(body.get("filter"))?).await {
+                    Ok(values) => Ok(Reply::Answer(Value::Array(
+                        values.iter().map(to_json).collect(),
+                    ))),
+                    Err(e) => refused(e),
+                }
+            }
+            Operation::Aggregate(_) => {
+                let Some(Value::Array(stages)) = body.get("pipeline") else {
+                    return Ok(Reply::Refused("pipeline is not an array".into()));
+                };
+                // Our documents have no _id: drop the server's before the pipeline sees them.
+                let mut pipeline = vec![mongodb::bson::doc! {"$project": {"_id": 0}}];
+                for s in stages {
+                    pipeline.push(doc_of(Some(s))?);
+                }
+                let cursor = match coll.aggregate(pipeline).await {
+                    Ok(c) => c,
+                    Err(e) => return refused(e),
+                };
+                match cursor.try_collect::<Vec<Document>>().await {
+                    Ok(docs) => Ok(Reply::Answer(Value::Array(
+                        docs.into_iter()
+                            .map(|d| to_json(&Bson::Document(d)))
+                            .collect(),
+                    ))),
+                    Err(e) => refused(e),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_wire_server_answers_every_unmarked_case_as_mongodb_does() {
+    let files = cases();
+    let server = match Server::start() {
+        Ok(s) => s,
+        Err(e) => panic!("no MongoDB-wire server for the conformance suite: {e} (tests/run installs secantusdb; or set QS_TEST_MONGODB_URI)"),
+    };
+    let client = Client::with_uri_str(&server.uri)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", server.uri));
+    let database = format!("qs_conformance_{}", std::process::id());
+    let mut backend = ServerBackend {
+        client: client.clone(),
+        database: database.clone(),
+    };
+    let report = conformance::run(&files, &mut backend, Side::Server).await;
+    let _ = client.database(&database).drop().await;
+    println!("server {}: {}", server.uri, report.render());
+    assert!(report.failures.is_empty(), "{}", report.render());
+}
