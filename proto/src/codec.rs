@@ -15,6 +15,11 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// hostile frame from exhausting the decoder's stack.
 const MAX_DEPTH: usize = 64;
 
+/// Most MessagePack values (maps, arrays, scalars) one frame may hold. The frame limit bounds
+/// bytes on the wire, not what decoding makes of them: one byte per zero in an array becomes
+/// tens of bytes each once decoded. Real inventories hold a few thousand values.
+pub const DEFAULT_MAX_VALUES: usize = 250_000;
+
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -37,6 +42,14 @@ pub enum DecodeError {
         /// The message id, to answer it.
         id: MessageId,
     },
+    /// The envelope holds more values than any real message; it was not decoded.
+    #[error("message {id} holds more than {limit} values")]
+    TooManyValues {
+        /// The message id, to answer it.
+        id: MessageId,
+        /// The limit.
+        limit: usize,
+    },
     /// The envelope is readable but its body is not a known, well-formed message.
     #[error("message {id} has an unknown or malformed body")]
     BadBody {
@@ -52,9 +65,9 @@ impl DecodeError {
     /// The id of the offending message, when it could be read (so the receiver can reply).
     pub fn message_id(&self) -> Option<MessageId> {
         match self {
-            DecodeError::UnsupportedVersion { id, .. } | DecodeError::BadBody { id, .. } => {
-                Some(*id)
-            }
+            DecodeError::UnsupportedVersion { id, .. }
+            | DecodeError::BadBody { id, .. }
+            | DecodeError::TooManyValues { id, .. } => Some(*id),
             DecodeError::Oversize { .. } | DecodeError::Malformed(_) => None,
         }
     }
@@ -65,6 +78,7 @@ impl DecodeError {
             DecodeError::Oversize { .. } => "oversize",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+            DecodeError::TooManyValues { .. } => "too_many_values",
             DecodeError::BadBody { .. } => "bad_body",
         }
     }
@@ -102,10 +116,87 @@ pub fn decode(frame: &[u8], max_frame: usize) -> Result<Envelope, DecodeError> {
             id: head.id,
         });
     }
+    if count_values(frame, DEFAULT_MAX_VALUES).is_none() {
+        return Err(DecodeError::TooManyValues {
+            id: head.id,
+            limit: DEFAULT_MAX_VALUES,
+        });
+    }
     from_slice(frame).map_err(|source| DecodeError::BadBody {
         id: head.id,
         source,
     })
+}
+
+/// Counts the MessagePack values in `frame` without decoding or allocating for them. `None`
+/// when there are more than `limit`; a frame that is not well-formed is counted as far as it
+/// goes (the decoder then reports it).
+fn count_values(frame: &[u8], limit: usize) -> Option<usize> {
+    let mut rest = frame;
+    // Values still to read at each open level; a hostile announced length is only a number.
+    let mut pending: Vec<u64> = vec![1];
+    let mut count = 0usize;
+    let take = |rest: &mut &[u8], n: usize| -> Option<u64> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        *rest = tail;
+        Some(head.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    let skip = |rest: &mut &[u8], n: u64| -> Option<()> {
+        let n = usize::try_from(n).ok()?;
+        *rest = rest.get(n..)?;
+        Some(())
+    };
+    while let Some(top) = pending.last_mut() {
+        if *top == 0 {
+            pending.pop();
+            continue;
+        }
+        *top -= 1;
+        let Some((&marker, tail)) = rest.split_first() else {
+            break;
+        };
+        rest = tail;
+        count += 1;
+        if count > limit {
+            return None;
+        }
+        let ok = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => Some(()),
+            0x80..=0x8f => {
+                pending.push(2 * u64::from(marker & 0x0f));
+                Some(())
+            }
+            0x90..=0x9f => {
+                pending.push(u64::from(marker & 0x0f));
+                Some(())
+            }
+            0xa0..=0xbf => skip(&mut rest, u64::from(marker & 0x1f)),
+            0xc4 | 0xd9 => take(&mut rest, 1).and_then(|n| skip(&mut rest, n)),
+            0xc5 | 0xda => take(&mut rest, 2).and_then(|n| skip(&mut rest, n)),
+            0xc6 | 0xdb => take(&mut rest, 4).and_then(|n| skip(&mut rest, n)),
+            0xc7 => take(&mut rest, 1).and_then(|n| skip(&mut rest, n + 1)),
+            0xc8 => take(&mut rest, 2).and_then(|n| skip(&mut rest, n + 1)),
+            0xc9 => take(&mut rest, 4).and_then(|n| skip(&mut rest, n + 1)),
+            0xca | 0xce | 0xd2 => skip(&mut rest, 4),
+            0xcb | 0xcf | 0xd3 => skip(&mut rest, 8),
+            0xcc | 0xd0 => skip(&mut rest, 1),
+            0xcd | 0xd1 => skip(&mut rest, 2),
+            0xd4 => skip(&mut rest, 2),
+            0xd5 => skip(&mut rest, 3),
+            0xd6 => skip(&mut rest, 5),
+            0xd7 => skip(&mut rest, 9),
+            0xd8 => skip(&mut rest, 17),
+            0xdc => take(&mut rest, 2).map(|n| pending.push(n)),
+            0xdd => take(&mut rest, 4).map(|n| pending.push(n)),
+            0xde => take(&mut rest, 2).map(|n| pending.push(2 * n)),
+            0xdf => take(&mut rest, 4).map(|n| pending.push(2 * n)),
+            0xc1 => None,
+        };
+        if ok.is_none() {
+            break;
+        }
+    }
+    Some(count)
 }
 
 fn from_slice<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
@@ -314,6 +405,47 @@ mod tests {
             decode(&frame, DEFAULT_MAX_FRAME).unwrap_err().kind(),
             "malformed"
         );
+    }
+
+    #[test]
+    fn a_small_frame_of_many_values_is_refused_before_decoding() {
+        // 300,000 zeros: 300 KB on the wire, tens of MB once decoded into JSON values.
+        let env = Envelope::new(
+            MessageId(4),
+            Body::InventoryUpdate(InventoryUpdate {
+                inventory: serde_json::json!({"zeros": vec![0u8; 300_000]}),
+                version: 1,
+            }),
+        );
+        let frame = encode(&env).unwrap();
+        assert!(frame.len() < 400_000);
+        let err = decode(&frame, DEFAULT_MAX_FRAME).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::TooManyValues {
+                    id: MessageId(4),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A real message is far below the limit.
+        for body in every_body() {
+            let bytes = encode(&Envelope::new(MessageId(1), body)).unwrap();
+            assert!(count_values(&bytes, DEFAULT_MAX_VALUES).is_some());
+        }
+    }
+
+    #[test]
+    fn value_counts_match_what_serde_sees() {
+        let doc = serde_json::json!({"a": [1, -2, 3.5, "x", null, true, {"b": []}], "c": "y".repeat(300)});
+        let bytes = rmp_serde::to_vec_named(&doc).unwrap();
+        // map(2) + "a" + array(7) + 7 items + "b" + [] + "c" + string
+        assert_eq!(count_values(&bytes, usize::MAX), Some(14));
+        // A hostile announced length is a number, not an allocation.
+        let huge = [0xdd, 0xff, 0xff, 0xff, 0xff, 0x00];
+        assert_eq!(count_values(&huge, 100), Some(2));
     }
 
     fn valid_frames() -> Vec<Vec<u8>> {
