@@ -35,12 +35,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -110,12 +110,12 @@ struct Served {
     script: String,
 }
 
-/// iPXE's query: every value optional (unset settings expand to empty strings).
-#[derive(Debug, Deserialize)]
-struct RawIdentifiers {
-    mac: Option<String>,
-    uuid: Option<String>,
-    serial: Option<String>,
+/// The first value of `name` in iPXE's query (unset settings expand to empty strings).
+fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn script_response(script: String) -> Response {
@@ -138,16 +138,21 @@ fn refusal(status: StatusCode, message: String) -> Response {
 async fn ipxe<D: HostDirectory>(
     State(state): State<Arc<BootState<D>>>,
     headers: HeaderMap,
-    query: Result<Query<RawIdentifiers>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(raw)) = query else {
+    let Ok(Query(pairs)) = query else {
         state.counters.refused.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            query = raw.as_deref().unwrap_or(""),
+            "malformed boot query refused"
+        );
         return refusal(StatusCode::BAD_REQUEST, "malformed boot query".into());
     };
     let ids = Identifiers::from_raw(
-        raw.mac.as_deref(),
-        raw.uuid.as_deref(),
-        raw.serial.as_deref(),
+        query_value(&pairs, "mac"),
+        query_value(&pairs, "uuid"),
+        query_value(&pairs, "serial"),
     );
     let (answer, host, script) = if ids.is_empty() {
         ("identify", None, script::identify_script())
@@ -198,6 +203,7 @@ async fn ipxe<D: HostDirectory>(
     state.counters.scripts.fetch_add(1, Ordering::Relaxed);
     info!(
         answer,
+        query = raw.as_deref().unwrap_or(""),
         host = host.as_deref().unwrap_or("-"),
         mac = ids.mac.as_deref().unwrap_or("-"),
         uuid = ids.uuid.as_deref().unwrap_or("-"),

@@ -69,11 +69,14 @@ fn is_port(text: &str) -> bool {
 }
 
 /// The first answer to a bare `GET /boot/ipxe`: ask again, saying who is asking. A DHCP server
-/// can then point every machine at the same URL.
+/// can then point every machine at the same URL. The URI is relative to this script's, and
+/// holds no `:` (the MAC in `hexhyp` form, the serial URI-encoded): iPXE would take whatever
+/// precedes a colon for a URI scheme. The UUID goes in its own text form: older iPXE builds
+/// URI-encode a UUID's raw bytes under `:uristring`.
 pub fn identify_script() -> String {
     "#!ipxe\n\
      # Quicksilver: say which machine this is, then get its boot script.\n\
-     chain --autofree ipxe?mac=${netX/mac}&uuid=${uuid:uristring}&serial=${serial:uristring}\n"
+     chain --autofree ipxe?mac=${netX/mac:hexhyp}&uuid=${uuid}&serial=${serial:uristring}\n"
         .to_owned()
 }
 
@@ -150,7 +153,13 @@ mod tests {
             parse_advertise("tcp://[fd00::1]:9002").unwrap(),
             "tcp://[fd00::1]:9002"
         );
-        for bad in ["boot:9002", "tcp://boot", "tcp://boot:x", "tcp://a b:1", "tcp://:1"] {
+        for bad in [
+            "boot:9002",
+            "tcp://boot",
+            "tcp://boot:x",
+            "tcp://a b:1",
+            "tcp://:1",
+        ] {
             assert!(parse_advertise(bad).is_err(), "{bad}");
         }
     }
@@ -177,7 +186,20 @@ mod tests {
     #[test]
     fn identify_script_asks_again_with_the_machine_s_identifiers() {
         let script = identify_script();
-        assert!(script
-            .contains("ipxe?mac=${netX/mac}&uuid=${uuid:uristring}&serial=${serial:uristring}"));
+        let uri = script
+            .lines()
+            .find_map(|l| l.strip_prefix("chain --autofree "))
+            .unwrap();
+        assert_eq!(
+            uri,
+            "ipxe?mac=${netX/mac:hexhyp}&uuid=${uuid}&serial=${serial:uristring}"
+        );
+        // iPXE takes whatever precedes the first colon for a URI scheme: once expanded, the
+        // relative URI must hold none (hexhyp MACs use hyphens, uristring encodes colons).
+        let expanded = uri
+            .replace("${netX/mac:hexhyp}", "52-54-00-12-34-56")
+            .replace("${uuid}", "5f2c1a3e-8b4d-4c6a-9e21-0a1b2c3d4e5f")
+            .replace("${serial:uristring}", "QSG-0001");
+        assert!(!expanded.contains(':'), "{expanded}");
     }
 }
