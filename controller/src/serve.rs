@@ -69,6 +69,12 @@ pub struct ServeArgs {
     /// Most agent connections at once from one address.
     #[arg(long, default_value_t = 1024)]
     max_connections_per_source: usize,
+    /// Longest an inventory query may take before the caller gets 504.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    query_timeout: Duration,
+    /// Inventory queries running at once; more wait (up to --query-timeout), then get 503.
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_queries: usize,
 }
 
 /// Validated settings of the controller.
@@ -100,6 +106,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Most agent connections per source address.
     pub max_connections_per_source: usize,
+    /// Bounds on inventory queries.
+    pub queries: crate::http::QueryLimits,
 }
 
 impl ServeArgs {
@@ -108,6 +116,9 @@ impl ServeArgs {
         let agents = parse_tcp_endpoint(&self.agents)?;
         if self.max_frame < 1024 {
             bail!("--max-frame must be at least 1024 bytes");
+        }
+        if self.query_timeout.is_zero() {
+            bail!("--query-timeout must be positive");
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
             bail!("--heartbeat-timeout must be longer than a non-zero --heartbeat-interval");
@@ -129,6 +140,11 @@ impl ServeArgs {
             max_call_timeout: self.max_call_timeout,
             max_connections: self.max_connections.max(1),
             max_connections_per_source: self.max_connections_per_source.max(1),
+            queries: crate::http::QueryLimits {
+                concurrent: self.max_concurrent_queries.max(1),
+                timeout: self.query_timeout,
+                ..crate::http::QueryLimits::default()
+            },
         })
     }
 }
@@ -250,6 +266,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         registry: registry.clone(),
         dispatcher,
         counters,
+        queries: Arc::new(crate::http::QueryGate::new(config.queries)),
     });
 
     let app = app.merge(boot);
@@ -271,12 +288,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(http_listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                warn!(error = %error, "HTTP server stopped");
-            }
+            http::server::serve(
+                http_listener,
+                app,
+                http::server::ServerLimits::default(),
+                shutdown,
+            )
+            .await;
         });
     }
     let _local_agent = if config.local_agent {

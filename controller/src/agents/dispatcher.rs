@@ -386,7 +386,11 @@ mod tests {
     async fn sent_id(rx: &mut mpsc::Receiver<Vec<u8>>) -> MessageId {
         let frame = rx.recv().await.unwrap();
         // Strip the ZMTP header (short or long form).
-        let body = if frame[0] & 0x02 != 0 { &frame[9..] } else { &frame[2..] };
+        let body = if frame[0] & 0x02 != 0 {
+            &frame[9..]
+        } else {
+            &frame[2..]
+        };
         codec::decode(body, 1 << 20).unwrap().id
     }
 
@@ -409,8 +413,14 @@ mod tests {
         let call = {
             let (d, c) = (d.clone(), c.clone());
             tokio::spawn(async move {
-                d.call(&c, "inspect", serde_json::json!({}), Duration::from_secs(30), None)
-                    .await
+                d.call(
+                    &c,
+                    "inspect",
+                    serde_json::json!({}),
+                    Duration::from_secs(30),
+                    None,
+                )
+                .await
             })
         };
         let id = sent_id(&mut rx).await;
@@ -446,7 +456,13 @@ mod tests {
         let d = dispatcher(3);
         let (c, mut rx) = conn(A, 1);
         let r = d
-            .call(&c, "inspect", serde_json::json!({}), Duration::from_millis(20), None)
+            .call(
+                &c,
+                "inspect",
+                serde_json::json!({}),
+                Duration::from_millis(20),
+                None,
+            )
             .await;
         assert!(matches!(r, Err(CallError::Timeout { .. })));
         let id = sent_id(&mut rx).await;
@@ -466,8 +482,14 @@ mod tests {
         let call = {
             let (d, c) = (d.clone(), c.clone());
             tokio::spawn(async move {
-                d.call(&c, "inspect", serde_json::json!({}), Duration::from_secs(3600), None)
-                    .await
+                d.call(
+                    &c,
+                    "inspect",
+                    serde_json::json!({}),
+                    Duration::from_secs(3600),
+                    None,
+                )
+                .await
             })
         };
         sent_id(&mut rx).await;
@@ -487,15 +509,27 @@ mod tests {
         ));
         let (c, mut rx) = conn(A, 1);
         let too_long = d
-            .call(&c, "inspect", serde_json::json!({}), Duration::from_secs(61), None)
+            .call(
+                &c,
+                "inspect",
+                serde_json::json!({}),
+                Duration::from_secs(61),
+                None,
+            )
             .await;
         assert!(matches!(too_long, Err(CallError::TimeoutTooLong { .. })));
         let (ptx, mut prx) = mpsc::channel(8);
         let call = {
             let (d, c) = (d.clone(), c.clone());
             tokio::spawn(async move {
-                d.call(&c, "inspect", serde_json::json!({}), Duration::from_secs(30), Some(ptx))
-                    .await
+                d.call(
+                    &c,
+                    "inspect",
+                    serde_json::json!({}),
+                    Duration::from_secs(30),
+                    Some(ptx),
+                )
+                .await
             })
         };
         let id = sent_id(&mut rx).await;

@@ -202,9 +202,7 @@ async fn commit(store: &Store, config: &IngestConfig, counters: &Counters, batch
             None => match store.get_inventory(request.id.as_str()).await {
                 Ok(doc) => doc.and_then(stored_inventory).map(Arc::new),
                 Err(error) => {
-                    let _ = request
-                        .reply
-                        .send(Err(IngestError::Store(Arc::new(error))));
+                    let _ = request.reply.send(Err(IngestError::Store(Arc::new(error))));
                     continue;
                 }
             },
@@ -348,7 +346,10 @@ mod tests {
             &DocumentLimits::default(),
         )
         .unwrap();
-        assert_eq!(Value::Object(doc), json!({"mercury_id": A, "mem": {"total": 1}}));
+        assert_eq!(
+            Value::Object(doc),
+            json!({"mercury_id": A, "mem": {"total": 1}})
+        );
     }
 
     #[test]
@@ -356,8 +357,13 @@ mod tests {
         let previous = map(json!({"mercury_id": A, "disks": ["sda", "sdb"]}));
         let patch: json_patch::Patch =
             serde_json::from_value(json!([{"op": "remove", "path": "/disks/1"}])).unwrap();
-        let doc = prepare(&id(), Some(&previous), Change::Patch { patch }, &DocumentLimits::default())
-            .unwrap();
+        let doc = prepare(
+            &id(),
+            Some(&previous),
+            Change::Patch { patch },
+            &DocumentLimits::default(),
+        )
+        .unwrap();
         assert_eq!(doc["disks"], json!(["sda"]));
         let bad: json_patch::Patch = serde_json::from_value(json!([
             {"op": "remove", "path": "/disks/0"},
@@ -365,7 +371,12 @@ mod tests {
         ]))
         .unwrap();
         assert!(matches!(
-            prepare(&id(), Some(&previous), Change::Patch { patch: bad }, &DocumentLimits::default()),
+            prepare(
+                &id(),
+                Some(&previous),
+                Change::Patch { patch: bad },
+                &DocumentLimits::default()
+            ),
             Err(IngestError::PatchFailed(_))
         ));
     }
@@ -396,10 +407,19 @@ mod tests {
         let store = Store::open_embedded(dir.path()).unwrap();
         let counters = Arc::new(Counters::default());
         let shutdown = CancellationToken::new();
-        let (ingest, worker) =
-            Ingest::start(store.clone(), IngestConfig::default(), counters.clone(), shutdown.clone());
+        let (ingest, worker) = Ingest::start(
+            store.clone(),
+            IngestConfig::default(),
+            counters.clone(),
+            shutdown.clone(),
+        );
         let first = ingest
-            .submit(&id(), Change::Replace { inventory: json!({"n": 1}) })
+            .submit(
+                &id(),
+                Change::Replace {
+                    inventory: json!({"n": 1}),
+                },
+            )
             .await
             .unwrap();
         assert!(first.previous.is_none());

@@ -66,6 +66,7 @@ impl AgentProtocol {
             DecodeError::Malformed(_) => &self.counters.malformed_frames,
             DecodeError::UnsupportedVersion { .. } => &self.counters.unsupported_versions,
             DecodeError::BadBody { .. } => &self.counters.bad_bodies,
+            DecodeError::TooManyValues { .. } => &self.counters.documents_refused,
         };
         Counters::bump(counter);
     }

@@ -191,7 +191,10 @@ impl Registry {
         let n = writes.len();
         if n > 0 {
             self.store.write_batch(writes).await?;
-            info!(agents = n, "agents left online by an earlier run marked offline until they speak");
+            info!(
+                agents = n,
+                "agents left online by an earlier run marked offline until they speak"
+            );
         }
         Ok(n)
     }
@@ -508,7 +511,10 @@ mod tests {
         reg.start_session(&c2, record(2), 1);
         reg.sweep().await.unwrap();
         let agent = stored(&store).await;
-        assert_eq!((agent["online"].clone(), agent["session"].clone()), (true.into(), 2.into()));
+        assert_eq!(
+            (agent["online"].clone(), agent["session"].clone()),
+            (true.into(), 2.into())
+        );
     }
 
     #[tokio::test]

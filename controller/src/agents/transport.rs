@@ -304,11 +304,8 @@ async fn serve_connection<H: Handler>(
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read);
-    let handshake = tokio::time::timeout(
-        config.handshake_timeout,
-        handshake(&mut reader, &mut write),
-    )
-    .await;
+    let handshake =
+        tokio::time::timeout(config.handshake_timeout, handshake(&mut reader, &mut write)).await;
     let identity = match handshake {
         Ok(Ok(identity)) => identity,
         outcome => {
@@ -580,7 +577,10 @@ mod tests {
         }
     }
 
-    async fn read_all(input: Vec<u8>, max_frame: usize) -> (Result<(), TransportError>, Recorder, Counters) {
+    async fn read_all(
+        input: Vec<u8>,
+        max_frame: usize,
+    ) -> (Result<(), TransportError>, Recorder, Counters) {
         let mut r = input.as_slice();
         let mut out = Vec::new();
         let handler = Recorder::default();
@@ -651,7 +651,10 @@ mod tests {
     #[tokio::test]
     async fn protocol_violations_are_refused() {
         let (r, _, _) = read_all(b"GET / HTTP/1.1\r\n\r\n".repeat(8), 1024).await;
-        assert!(matches!(r, Err(TransportError::Zmtp(ZmtpError::BadGreeting))));
+        assert!(matches!(
+            r,
+            Err(TransportError::Zmtp(ZmtpError::BadGreeting))
+        ));
 
         let mut input = zmtp::greeting().to_vec();
         input.extend(zmtp::message_frame(b"x"));
@@ -698,7 +701,14 @@ mod tests {
             tx,
         ));
         let handler = Recorder::default();
-        let r = read_loop(&mut server_r, &conn, &config(1024), &Counters::default(), &handler).await;
+        let r = read_loop(
+            &mut server_r,
+            &conn,
+            &config(1024),
+            &Counters::default(),
+            &handler,
+        )
+        .await;
         assert!(matches!(r, Err(TransportError::Idle(_))), "{r:?}");
     }
 

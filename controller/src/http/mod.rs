@@ -4,6 +4,9 @@
 
 mod error;
 pub mod hosts;
+mod inventory_queries;
+pub mod query_gate;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use error::ApiError;
+pub use query_gate::{QueryGate, QueryLimits};
 
 use crate::agents::counters::{Counters, CountersSnapshot};
 use crate::agents::dispatcher::{CallError, Dispatcher, DispatcherStatus, Progress};
@@ -36,6 +40,8 @@ pub struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     /// Agent endpoint counters.
     pub counters: Arc<Counters>,
+    /// Bounds on inventory queries.
+    pub queries: Arc<QueryGate>,
 }
 
 /// The whole API.
@@ -46,6 +52,15 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{mercury_id}/calls", post(call_capability))
         .route("/inventory/{mercury_id}", get(get_inventory))
         .route("/inventory/query", post(query_inventory))
+        .route("/inventory/count", post(inventory_queries::count_inventory))
+        .route(
+            "/inventory/distinct",
+            post(inventory_queries::distinct_inventory),
+        )
+        .route(
+            "/inventory/aggregate",
+            post(inventory_queries::aggregate_inventory),
+        )
         .route(
             "/hosts/{mercury_id}/boot",
             axum::routing::put(hosts::set_boot),
@@ -63,6 +78,7 @@ pub fn router(state: AppState) -> Router {
                 "this path does not take that method",
             )
         })
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 
@@ -95,8 +111,17 @@ fn parse_id(text: &str) -> Result<MercuryId, ApiError> {
 }
 
 fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
-    body.map(|Json(v)| v)
-        .map_err(|rejection| ApiError::bad_request("bad_json", rejection.body_text()))
+    body.map(|Json(v)| v).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                rejection.body_text(),
+            )
+        } else {
+            ApiError::bad_request("bad_json", rejection.body_text())
+        }
+    })
 }
 
 async fn get_inventory(
@@ -118,12 +143,36 @@ async fn query_inventory(
     let body = json_body(body)?;
     let query = Query::from_request(&body)
         .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
-    state
-        .store
-        .find(&query)
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::internal(&e))
+    let store = state.store.clone();
+    let docs = state
+        .queries
+        .run(async move { store.find(&query).await.map_err(|e| ApiError::internal(&e)) })
+        .await?;
+    let bytes: usize = docs.iter().map(approximate_json_size).sum();
+    state.queries.check_size(bytes)?;
+    Ok(Json(docs))
+}
+
+/// Bytes a value takes as JSON, within a few percent, without serialising it.
+fn approximate_json_size(value: &Value) -> usize {
+    let mut total = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        total += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 12,
+            Value::String(s) => s.len() + 3,
+            Value::Array(items) => {
+                stack.extend(items);
+                2 + items.len()
+            }
+            Value::Object(map) => {
+                stack.extend(map.values());
+                2 + map.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+        };
+    }
+    total
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,32 +236,29 @@ async fn call_capability(
         )
         .await;
     let progress = collector.await.unwrap_or_default();
-    let outcome = outcome
-        .map_err(|error| match &error {
-            CallError::NotConnected(_) | CallError::Disconnected(_) => {
-                ApiError::new(StatusCode::CONFLICT, "not_connected", error.to_string())
-            }
-            CallError::TimeoutTooLong { .. } => {
-                ApiError::bad_request("bad_request", error.to_string())
-            }
-            CallError::Timeout { .. } => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", error.to_string())
-            }
-            CallError::Refused { code, .. } => {
-                let code = match code {
-                    qs_proto::ErrorCode::UnknownCapability => "unknown_capability",
-                    qs_proto::ErrorCode::BadArguments => "bad_arguments",
-                    _ => "refused",
-                };
-                ApiError::bad_request(code, error.to_string())
-            }
-            CallError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                error.to_string(),
-            ),
-            CallError::Encode(_) => ApiError::internal(&error),
-        })?;
+    let outcome = outcome.map_err(|error| match &error {
+        CallError::NotConnected(_) | CallError::Disconnected(_) => {
+            ApiError::new(StatusCode::CONFLICT, "not_connected", error.to_string())
+        }
+        CallError::TimeoutTooLong { .. } => ApiError::bad_request("bad_request", error.to_string()),
+        CallError::Timeout { .. } => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", error.to_string())
+        }
+        CallError::Refused { code, .. } => {
+            let code = match code {
+                qs_proto::ErrorCode::UnknownCapability => "unknown_capability",
+                qs_proto::ErrorCode::BadArguments => "bad_arguments",
+                _ => "refused",
+            };
+            ApiError::bad_request(code, error.to_string())
+        }
+        CallError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            error.to_string(),
+        ),
+        CallError::Encode(_) => ApiError::internal(&error),
+    })?;
     Ok(Json(match outcome {
         CallOutcome::Succeeded(output) => {
             json!({"outcome": "succeeded", "output": output, "progress": progress})
@@ -242,12 +288,17 @@ mod tests {
             },
         ));
         let counters = Arc::new(Counters::default());
-        let dispatcher = Arc::new(Dispatcher::new(1, Duration::from_secs(3600), counters.clone()));
+        let dispatcher = Arc::new(Dispatcher::new(
+            1,
+            Duration::from_secs(3600),
+            counters.clone(),
+        ));
         let state = AppState {
             store: store.clone(),
             registry,
             dispatcher,
             counters,
+            queries: Arc::new(QueryGate::new(QueryLimits::default())),
         };
         (router(state), store)
     }
@@ -311,6 +362,8 @@ mod tests {
                 "bad_query",
             ),
             ("DELETE", "/api/v1/agents", "", 405, "method_not_allowed"),
+            // An undecodable path segment is a JSON error too, not axum's plain text.
+            ("GET", "/api/v1/inventory/%ff", "", 400, "bad_request"),
             ("GET", "/api/v2/anything", "", 404, "not_found"),
             (
                 "POST",
@@ -349,6 +402,16 @@ mod tests {
         )
         .await;
         assert!(body["error"]["message"].as_str().unwrap().contains("$foo"));
+    }
+
+    #[tokio::test]
+    async fn an_oversize_body_is_413_in_the_json_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(dir.path()).await;
+        let big = format!(r#"{{"filter": {{"x": "{}"}}}}"#, "a".repeat(3 * 1024 * 1024));
+        let (status, body) = call(&app, "POST", "/api/v1/inventory/query", &big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"]["code"], "body_too_large");
     }
 
     #[tokio::test]
