@@ -501,41 +501,30 @@ fn eval(expr: &Expr, doc: &Value) -> bool {
 
 /// Whether a condition holds for a path of a document.
 fn holds(cond: &Cond, path: &FieldPath, doc: &Value) -> bool {
+    let expand = LeafArrays::Expand;
     match cond {
-        Cond::Ne(target) => !path
-            .resolve(doc, LeafArrays::Expand)
-            .into_iter()
-            .any(|v| eq_single(target, v)),
+        Cond::Ne(target) => !path.any(doc, expand, &mut |v| eq_single(target, v)),
         Cond::Nin(items) => !in_list(items, path, doc),
         Cond::Not(conds) => !conds.iter().all(|c| holds(c, path, doc)),
-        Cond::Exists(false) => !path
-            .resolve(doc, LeafArrays::Expand)
-            .into_iter()
-            .any(|v| v.is_some()),
+        Cond::Exists(false) => !path.any(doc, expand, &mut |v| v.is_some()),
         Cond::All(items) => {
             !items.is_empty()
-                && items.iter().all(|item| {
-                    path.resolve(doc, LeafArrays::Expand)
-                        .into_iter()
-                        .any(|v| item_matches(item, v))
-                })
+                && items
+                    .iter()
+                    .all(|item| path.any(doc, expand, &mut |v| item_matches(item, v)))
         }
         Cond::AllElemMatch(conds) => conds.iter().all(|c| holds(c, path, doc)),
-        Cond::Size(_) | Cond::ElemMatchDocument(_) | Cond::ElemMatchValue(_) => path
-            .resolve(doc, LeafArrays::Whole)
-            .into_iter()
-            .any(|v| single(cond, v)),
-        _ => path
-            .resolve(doc, LeafArrays::Expand)
-            .into_iter()
-            .any(|v| single(cond, v)),
+        Cond::Size(_) | Cond::ElemMatchDocument(_) | Cond::ElemMatchValue(_) => {
+            path.any(doc, LeafArrays::Whole, &mut |v| single(cond, v))
+        }
+        _ => path.any(doc, expand, &mut |v| single(cond, v)),
     }
 }
 
 fn in_list(items: &[Item], path: &FieldPath, doc: &Value) -> bool {
-    path.resolve(doc, LeafArrays::Expand)
-        .into_iter()
-        .any(|v| items.iter().any(|item| item_matches(item, v)))
+    path.any(doc, LeafArrays::Expand, &mut |v| {
+        items.iter().any(|item| item_matches(item, v))
+    })
 }
 
 fn item_matches(item: &Item, v: Option<&Value>) -> bool {

@@ -8,7 +8,7 @@
 //! document (for a backend that hands it to a server), and runs over many documents without
 //! re-parsing. Anything outside the supported language is refused with a [`QueryError`] that
 //! names it (HTTP 400). [`conformance`] loads the shared conformance cases and runs them
-//! against any backend.
+//! against any backend; [`server`] says how a MongoDB backend translates requests.
 //!
 //! Semantics worth knowing: values compare in BSON type order, numbers exactly across
 //! int/long/double; embedded documents are equal only with the same fields in the same order
@@ -32,6 +32,7 @@ mod order;
 mod path;
 mod pipeline;
 mod projection;
+pub mod server;
 mod sort;
 
 pub use distinct::Distinct;
@@ -217,7 +218,7 @@ impl Query {
     pub fn run<'a>(&self, docs: impl Iterator<Item = &'a Value>) -> Vec<Value> {
         let mut selected: Vec<&Value> = docs.filter(|d| self.filter.matches(d)).collect();
         if let Some(sort) = &self.sort {
-            sort.sort(&mut selected);
+            selected = sort.sort(selected);
         }
         let skip = usize::try_from(self.skip.unwrap_or(0)).unwrap_or(usize::MAX);
         let limit = match self.limit {

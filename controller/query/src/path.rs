@@ -30,52 +30,60 @@ impl FieldPath {
     }
 
     /// Every value the path reaches in `doc`, `None` where a branch ends in a missing field.
+    #[cfg(test)]
     pub fn resolve<'a>(&self, doc: &'a Value, leaf: LeafArrays) -> Vec<Option<&'a Value>> {
         let mut out = Vec::new();
-        match doc {
-            Value::Object(map) => walk_object(map, &self.0, leaf, &mut out),
-            _ => out.push(None),
-        }
+        self.any(doc, leaf, &mut |v| {
+            out.push(v);
+            false
+        });
         out
+    }
+
+    /// Whether `f` holds for any value the path reaches, in `resolve`'s order, stopping at
+    /// the first that does (no allocation: this is what a full scan runs per document).
+    pub fn any<'a>(
+        &self,
+        doc: &'a Value,
+        leaf: LeafArrays,
+        f: &mut dyn FnMut(Option<&'a Value>) -> bool,
+    ) -> bool {
+        match doc {
+            Value::Object(map) => walk_object(map, &self.0, leaf, f),
+            _ => f(None),
+        }
     }
 }
 
 /// The array index a path component names, if it is written canonically.
 pub fn index_component(part: &str, index: usize) -> bool {
-    !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && part == index.to_string()
+    !part.is_empty()
+        && part.bytes().all(|b| b.is_ascii_digit())
+        && (part == "0" || !part.starts_with('0'))
+        && part.parse::<usize>().ok() == Some(index)
 }
 
 fn walk_object<'a>(
     map: &'a Map<String, Value>,
     parts: &[String],
     leaf: LeafArrays,
-    out: &mut Vec<Option<&'a Value>>,
-) {
+    f: &mut dyn FnMut(Option<&'a Value>) -> bool,
+) -> bool {
     let mut current = map;
     let mut i = 0;
     loop {
         let Some(child) = current.get(&parts[i]) else {
-            out.push(None);
-            return;
+            return f(None);
         };
         let rest = &parts[i + 1..];
         match child {
-            Value::Array(items) => {
-                walk_array(child, items, rest, leaf, out);
-                return;
-            }
-            _ if rest.is_empty() => {
-                out.push(Some(child));
-                return;
-            }
+            Value::Array(items) => return walk_array(child, items, rest, leaf, f),
+            _ if rest.is_empty() => return f(Some(child)),
             Value::Object(next) => {
                 current = next;
                 i += 1;
             }
-            _ => {
-                out.push(None);
-                return;
-            }
+            _ => return f(None),
         }
     }
 }
@@ -85,40 +93,37 @@ fn walk_array<'a>(
     items: &'a [Value],
     rest: &[String],
     leaf: LeafArrays,
-    out: &mut Vec<Option<&'a Value>>,
-) {
+    f: &mut dyn FnMut(Option<&'a Value>) -> bool,
+) -> bool {
     let Some((next, after)) = rest.split_first() else {
-        if leaf == LeafArrays::Expand {
-            out.extend(items.iter().map(Some));
+        if leaf == LeafArrays::Expand && items.iter().any(|item| f(Some(item))) {
+            return true;
         }
-        out.push(Some(array));
-        return;
+        return f(Some(array));
     };
     for (index, item) in items.iter().enumerate() {
         let positional = index_component(next, index);
-        match item {
+        let hit = match item {
             Value::Object(map) => {
-                walk_object(map, rest, leaf, out);
-                if positional {
-                    if after.is_empty() {
-                        out.push(Some(item));
-                    } else {
-                        walk_object(map, after, leaf, out);
-                    }
-                }
+                walk_object(map, rest, leaf, f)
+                    || (positional
+                        && if after.is_empty() {
+                            f(Some(item))
+                        } else {
+                            walk_object(map, after, leaf, f)
+                        })
             }
-            _ if positional => {
-                if after.is_empty() {
-                    // A positional hit at the end of the path is the element itself; a nested
-                    // array is not looked into.
-                    out.push(Some(item));
-                } else if let Value::Array(inner) = item {
-                    walk_array(item, inner, after, leaf, out);
-                }
-            }
-            _ => {}
+            // A positional hit at the end of the path is the element itself; a nested array
+            // is not looked into.
+            _ if positional && after.is_empty() => f(Some(item)),
+            Value::Array(inner) if positional => walk_array(item, inner, after, leaf, f),
+            _ => false,
+        };
+        if hit {
+            return true;
         }
     }
+    false
 }
 
 #[cfg(test)]

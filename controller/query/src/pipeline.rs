@@ -217,10 +217,7 @@ impl Pipeline {
                     .into_iter()
                     .map(Cow::Owned)
                     .collect(),
-                Stage::Sort(s) => {
-                    s.sort(&mut current);
-                    current
-                }
+                Stage::Sort(s) => s.sort(current),
                 Stage::Limit(n) => {
                     current.truncate(*n);
                     current

@@ -86,9 +86,20 @@ impl Sort {
 
     /// Orders two documents.
     pub fn compare(&self, a: &Value, b: &Value) -> Ordering {
-        for (path, ascending) in &self.keys {
-            let (ka, kb) = (sort_key(path, a, *ascending), sort_key(path, b, *ascending));
-            let o = ka.cmp(&kb);
+        self.compare_keys(&self.keys(a), &self.keys(b))
+    }
+
+    /// The keys a document sorts by, one per sort path.
+    fn keys<'a>(&self, doc: &'a Value) -> Vec<Key<'a>> {
+        self.keys
+            .iter()
+            .map(|(path, ascending)| sort_key(path, doc, *ascending))
+            .collect()
+    }
+
+    fn compare_keys(&self, a: &[Key<'_>], b: &[Key<'_>]) -> Ordering {
+        for (((_, ascending), ka), kb) in self.keys.iter().zip(a).zip(b) {
+            let o = ka.cmp(kb);
             let o = if *ascending { o } else { o.reverse() };
             if o != Ordering::Equal {
                 return o;
@@ -97,9 +108,17 @@ impl Sort {
         Ordering::Equal
     }
 
-    /// Sorts documents in place; equal documents keep their order.
-    pub fn sort<T: std::borrow::Borrow<Value>>(&self, docs: &mut [T]) {
-        docs.sort_by(|a, b| self.compare(a.borrow(), b.borrow()));
+    /// Sorts documents; equal documents keep their order. Each document's keys are worked out
+    /// once, not at every comparison.
+    pub fn sort<T: std::borrow::Borrow<Value>>(&self, docs: Vec<T>) -> Vec<T> {
+        let order: Vec<usize> = {
+            let keys: Vec<Vec<Key<'_>>> = docs.iter().map(|d| self.keys(d.borrow())).collect();
+            let mut order: Vec<usize> = (0..docs.len()).collect();
+            order.sort_by(|&a, &b| self.compare_keys(&keys[a], &keys[b]));
+            order
+        };
+        let mut slots: Vec<Option<T>> = docs.into_iter().map(Some).collect();
+        order.into_iter().filter_map(|i| slots[i].take()).collect()
     }
 }
 
@@ -164,9 +183,7 @@ mod tests {
 
     fn sorted(spec: Value, docs: Vec<Value>) -> Vec<Value> {
         let s = Sort::parse(&spec).unwrap();
-        let mut docs = docs;
-        s.sort(&mut docs);
-        docs
+        s.sort(docs)
     }
 
     #[test]

@@ -12,7 +12,6 @@ use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, Regex};
 use mongodb::{Client, Collection};
 use qs_query::conformance::{self, Backend, CaseFile, Operation, Reply, Side};
-use qs_query::FIND_KEY;
 use serde_json::{Map, Value};
 
 fn cases() -> Vec<CaseFile> {
@@ -178,44 +177,6 @@ fn doc_of(v: Option<&Value>) -> Result<Document, String> {
     }
 }
 
-/// The find projection a plain server needs to answer like our API: `_id` (the server's own
-/// key) never shown, `mercury_id` kept by inclusions unless excluded, `{}` whole documents.
-fn server_projection(p: Option<&Value>) -> Result<Document, String> {
-    let mut out = Document::new();
-    let Some(Value::Object(map)) = p else {
-        if let Some(other) = p.filter(|v| !v.is_null()) {
-            return Ok(mongodb::bson::doc! {"$qs_not_a_document": to_bson(other)});
-        }
-        out.insert("_id", 0);
-        return Ok(out);
-    };
-    let truthy = |v: &Value| match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        _ => true,
-    };
-    let inclusion = map.iter().any(|(k, v)| k != FIND_KEY && truthy(v))
-        || (map.len() == 1 && map.get(FIND_KEY).is_some_and(truthy));
-    // Only `_id` may go against a projection's kind: our key is included or left out instead.
-    let keep_key = map.get(FIND_KEY).is_none_or(truthy);
-    for (k, v) in map {
-        if k != FIND_KEY {
-            out.insert(k.clone(), to_bson(v));
-        }
-    }
-    match (inclusion, keep_key) {
-        (true, true) => {
-            out.insert(FIND_KEY, 1);
-        }
-        (false, false) => {
-            out.insert(FIND_KEY, 0);
-        }
-        _ => {}
-    }
-    out.insert("_id", 0);
-    Ok(out)
-}
-
 struct ServerBackend {
     client: Client,
     database: String,
@@ -266,7 +227,9 @@ impl Backend for ServerBackend {
             Operation::Find(_) => {
                 let mut find = coll
                     .find(doc_of(body.get("filter"))?)
-                    .projection(server_projection(body.get("projection"))?);
+                    .projection(doc_of(Some(&qs_query::server::find_projection(
+                        body.get("projection"),
+                    )))?);
                 if let Some(sort) = body.get("sort").filter(|s| !s.is_null()) {
                     find = find.sort(doc_of(Some(sort))?);
                 }
@@ -306,11 +269,10 @@ impl Backend for ServerBackend {
                 let Some(Value::Array(stages)) = body.get("pipeline") else {
                     return Ok(Reply::Refused("pipeline is not an array".into()));
                 };
-                // Our documents have no _id: drop the server's before the pipeline sees them.
-                let mut pipeline = vec![mongodb::bson::doc! {"$project": {"_id": 0}}];
-                for s in stages {
-                    pipeline.push(doc_of(Some(s))?);
-                }
+                let pipeline = qs_query::server::pipeline_stages(stages)
+                    .iter()
+                    .map(|s| doc_of(Some(s)))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let cursor = match coll.aggregate(pipeline).await {
                     Ok(c) => c,
                     Err(e) => return refused(e),
