@@ -1,384 +1,942 @@
-//! The embedded store: redb on disk, every document also in memory for queries.
+//! The embedded store: redb on disk, nothing of the documents held in memory.
 //!
-//! Two tables: `inventory` (MercuryId → inventory JSON) and `agent` (MercuryId → the
-//! controller's agent fields), so a liveness update rewrites a few hundred bytes rather than a
-//! whole inventory. Every write commits to redb first and then updates memory, so memory never
-//! shows what a crash could lose, and a document is always either the old or the new one.
+//! Tables: `inventory` (MercuryId → the inventory, MessagePack, field order kept), `agent` and
+//! `boot` (the controller's subdocuments, so a liveness update rewrites a few hundred bytes
+//! rather than a whole inventory), `version` (MercuryId → inventory version, for compare and
+//! swap), `history` ((MercuryId, seq) → [`HistoryEntry`]), one `index:PATH` table per indexed
+//! path (encoded value + MercuryId, see [`super::index`]), `record:NAME` per controller
+//! collection, and `meta`. Every write commits with redb's immediate durability before it is
+//! acknowledged, so `kill -9` loses nothing acknowledged.
+//!
+//! Queries read documents from redb: an indexed equality or range reads only the candidates the
+//! index names; anything else scans, decoding one document at a time and keeping only matches
+//! (for a sort with a limit, only the best `skip + limit`). Memory holds no document beyond the
+//! current request.
+//!
+//! An I/O error (a full disk) does not poison the store: the database is dropped and reopened
+//! (redb repairs it to its last commit), [`EmbeddedStore::health`] says `degraded` with the
+//! reason until a reopen and a probe write succeed.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeSet;
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde_json::{Map, Value};
+use tracing::{info, warn};
 
-use super::{StoreError, Write};
-use qs_query::Query;
+use super::history::HistoryEntry;
+use super::index::{self, Part};
+use super::{document, Collection, Health, StoreError, StoreOptions, Write};
+use qs_query::{Count, Distinct, Pipeline, Projection, Query};
 
 const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory");
 const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent");
 /// MercuryId → the controller's `boot` subdocument (what the host boots when it PXE-boots).
 const BOOT: TableDefinition<&str, &[u8]> = TableDefinition::new("boot");
+/// MercuryId → the version of its inventory (bumped by every inventory write).
+const VERSION: TableDefinition<&str, u64> = TableDefinition::new("version");
+/// (MercuryId, seq) → a history entry (JSON).
+const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 /// Small controller-wide values (the process epoch counter).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Indexed path → 1 once its index table is complete.
+const INDEXES: TableDefinition<&str, u64> = TableDefinition::new("indexes");
 
-/// One server's stored parts.
-#[derive(Debug, Clone, Default)]
-struct Entry {
-    inventory: Option<Map<String, Value>>,
-    agent: Option<Value>,
-    /// The controller-owned `boot` subdocument, set by operators.
-    boot: Option<Value>,
-    /// `inventory` with `agent` merged in: what reads and queries see.
-    merged: Arc<Value>,
+fn index_table(name: &str) -> TableDefinition<'_, &'static [u8], ()> {
+    TableDefinition::new(name)
 }
 
-impl Entry {
-    fn remerge(&mut self, id: &str) {
-        let mut doc = self.inventory.clone().unwrap_or_default();
-        doc.insert("mercury_id".into(), Value::String(id.to_owned()));
-        if let Some(agent) = &self.agent {
-            doc.insert("agent".into(), agent.clone());
-        }
-        // Only the controller writes `boot`: an inventory's own key of that name never shows.
-        match &self.boot {
-            Some(boot) => doc.insert("boot".into(), boot.clone()),
-            None => doc.remove("boot"),
-        };
-        self.merged = Arc::new(Value::Object(doc));
-    }
+fn record_table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
 }
 
-/// Inventory documents in a redb file, mirrored in memory.
+/// How long a degraded store waits between reopen attempts.
+const RETRY: Duration = Duration::from_millis(500);
+
+struct State {
+    /// Why the store is degraded, and since when; `None` when it works.
+    degraded: Option<(String, String)>,
+    last_attempt: Option<Instant>,
+}
+
+/// Inventory documents in a redb file.
 pub struct EmbeddedStore {
-    db: Database,
-    docs: RwLock<BTreeMap<String, Entry>>,
-    /// Held across a batch's conditions, commit and memory update, so a conditional write is
-    /// decided against exactly what it replaces (redb serialises write transactions anyway).
-    writer: std::sync::Mutex<()>,
+    path: PathBuf,
+    /// `None` while degraded and not yet reopened.
+    db: RwLock<Option<Arc<Database>>>,
+    state: Mutex<State>,
+    /// Indexed paths and their table names.
+    indexes: Vec<(String, String)>,
+    history: usize,
+    /// Serialises batches so a conditional write is decided against exactly what it replaces.
+    writer: Mutex<()>,
 }
 
-fn storage(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
-    move |source| StoreError::Storage { operation, source }
+fn encode_doc(id: &str, v: &Value) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(v).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode_doc(id: &str, bytes: &[u8]) -> Result<Value, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// One document's stored parts, merged as reads and queries see it: the inventory, its
+/// `mercury_id`, then `agent` and `boot`.
+fn merge(id: &str, inventory: Option<Value>, agent: Option<Value>, boot: Option<Value>) -> Value {
+    let mut doc = match inventory {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    if !doc.contains_key("mercury_id") {
+        doc.insert("mercury_id".into(), Value::String(id.to_owned()));
+    }
+    doc.remove("agent");
+    doc.remove("boot");
+    if let Some(agent) = agent {
+        doc.insert("agent".into(), agent);
+    }
+    if let Some(boot) = boot {
+        doc.insert("boot".into(), boot);
+    }
+    document::upgrade(Value::Object(doc))
 }
 
 impl EmbeddedStore {
-    /// Opens or creates `quicksilver.redb` in `data_dir` and loads every document.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    /// Opens or creates `quicksilver.redb` in `data_dir`, building any index not built yet.
+    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
             path: data_dir.to_owned(),
-            source: redb::DatabaseError::Storage(redb::StorageError::Io(e)),
+            reason: e.to_string(),
         })?;
         let path = data_dir.join("quicksilver.redb");
-        let db = Database::create(&path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            source => StoreError::Open {
-                path: path.clone(),
-                source,
-            },
-        })?;
+        let db = open_db(&path)?;
+        let indexes = options
+            .index_paths()
+            .into_iter()
+            .map(|p| {
+                let table = format!("index:{p}");
+                (p, table)
+            })
+            .collect();
         let store = Self {
-            db,
-            docs: RwLock::new(BTreeMap::new()),
-            writer: std::sync::Mutex::new(()),
+            path,
+            db: RwLock::new(Some(Arc::new(db))),
+            state: Mutex::new(State {
+                degraded: None,
+                last_attempt: None,
+            }),
+            indexes,
+            history: options.history,
+            writer: Mutex::new(()),
         };
-        store.load()?;
+        store.prepare().map_err(|e| StoreError::Open {
+            path: store.path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(store)
     }
 
-    fn load(&self) -> Result<(), StoreError> {
-        let write = self
-            .db
-            .begin_write()
-            .map_err(|e| storage("begin")(e.into()))?;
-        // Create both tables on first open, so reads below never miss them.
-        write
-            .open_table(INVENTORY)
-            .map_err(|e| storage("open table")(e.into()))?;
-        write
-            .open_table(AGENT)
-            .map_err(|e| storage("open table")(e.into()))?;
-        write
-            .open_table(META)
-            .map_err(|e| storage("open table")(e.into()))?;
-        write.commit().map_err(|e| storage("commit")(e.into()))?;
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| storage("begin")(e.into()))?;
-        let mut docs: BTreeMap<String, Entry> = BTreeMap::new();
-        let inventory = read
+    /// Creates the tables on first open and builds indexes named for the first time.
+    fn prepare(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let write = db.begin_write().map_err(self.fail("begin"))?;
+        write
             .open_table(INVENTORY)
-            .map_err(|e| storage("open table")(e.into()))?;
-        for row in inventory.iter().map_err(|e| storage("scan")(e.into()))? {
-            let (k, v) = row.map_err(|e| storage("scan")(e.into()))?;
-            let id = k.value().to_owned();
-            let doc: Map<String, Value> =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                    id: id.clone(),
-                    source,
-                })?;
-            docs.entry(id).or_default().inventory = Some(doc);
+            .map_err(self.fail("open table"))?;
+        write.open_table(AGENT).map_err(self.fail("open table"))?;
+        write.open_table(BOOT).map_err(self.fail("open table"))?;
+        write.open_table(VERSION).map_err(self.fail("open table"))?;
+        write.open_table(HISTORY).map_err(self.fail("open table"))?;
+        write.open_table(META).map_err(self.fail("open table"))?;
+        let missing: Vec<(String, String)> = {
+            let built = write.open_table(INDEXES).map_err(self.fail("open table"))?;
+            let mut missing = Vec::new();
+            for (path, table) in &self.indexes {
+                if built
+                    .get(path.as_str())
+                    .map_err(self.fail("read"))?
+                    .is_none()
+                {
+                    missing.push((path.clone(), table.clone()));
+                }
+            }
+            missing
+        };
+        if !missing.is_empty() {
+            let started = Instant::now();
+            let mut count = 0u64;
+            {
+                let inventory = write
+                    .open_table(INVENTORY)
+                    .map_err(self.fail("open table"))?;
+                let agent = write.open_table(AGENT).map_err(self.fail("open table"))?;
+                let boot = write.open_table(BOOT).map_err(self.fail("open table"))?;
+                let mut ids: BTreeSet<String> = BTreeSet::new();
+                for t in [&inventory, &agent, &boot] {
+                    for row in t.iter().map_err(self.fail("scan"))? {
+                        let (k, _) = row.map_err(self.fail("scan"))?;
+                        ids.insert(k.value().to_owned());
+                    }
+                }
+                for (path, table) in &missing {
+                    let mut idx = write
+                        .open_table(index_table(table))
+                        .map_err(self.fail("open table"))?;
+                    for id in &ids {
+                        let part = match index::part_of(path) {
+                            Part::Id => Some(Value::String(id.clone())),
+                            Part::Inventory => get_doc(&inventory, id, self)?,
+                            Part::Agent => get_doc(&agent, id, self)?,
+                            Part::Boot => get_doc(&boot, id, self)?,
+                        };
+                        for k in index::keys_of(part.as_ref(), path) {
+                            idx.insert(index::key(&k, id).as_slice(), ())
+                                .map_err(self.fail("insert"))?;
+                            count += 1;
+                        }
+                    }
+                }
+            }
+            let mut built = write.open_table(INDEXES).map_err(self.fail("open table"))?;
+            for (path, _) in &missing {
+                built
+                    .insert(path.as_str(), 1)
+                    .map_err(self.fail("insert"))?;
+            }
+            info!(paths = ?missing.iter().map(|(p, _)| p).collect::<Vec<_>>(), entries = count, elapsed = ?started.elapsed(), "built indexes");
         }
-        let agents = read
-            .open_table(AGENT)
-            .map_err(|e| storage("open table")(e.into()))?;
-        for row in agents.iter().map_err(|e| storage("scan")(e.into()))? {
-            let (k, v) = row.map_err(|e| storage("scan")(e.into()))?;
-            let id = k.value().to_owned();
-            let agent: Value =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                    id: id.clone(),
-                    source,
-                })?;
-            docs.entry(id).or_default().agent = Some(agent);
-        }
-        self.load_boot(&mut docs)?;
-        for (id, entry) in docs.iter_mut() {
-            entry.remerge(id);
-        }
-        *self.write_docs() = docs;
+        write.commit().map_err(self.fail("commit"))?;
         Ok(())
     }
 
-    fn write_docs(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
-        // Entries are replaced whole, so a poisoned lock still guards consistent data.
-        self.docs
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn read_docs(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
-        self.docs
+    /// The open database, reopening it first when degraded (at most every [`RETRY`]).
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self
+            .db
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn commit(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        id: &str,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
-        let write = self
-            .db
-            .begin_write()
-            .map_err(|e| storage("begin")(e.into()))?;
+            .as_ref()
         {
-            let mut t = write
-                .open_table(table)
-                .map_err(|e| storage("open table")(e.into()))?;
-            t.insert(id, bytes)
-                .map_err(|e| storage("insert")(e.into()))?;
+            return Ok(db.clone());
         }
-        write.commit().map_err(|e| storage("commit")(e.into()))
+        self.reopen()
     }
 
-    /// Replaces a server's inventory; a top-level `agent` key in `doc` is ignored.
-    pub fn put_inventory(&self, id: &str, doc: Value) -> Result<(), StoreError> {
-        let Value::Object(mut doc) = doc else {
-            return Err(StoreError::NotADocument { id: id.to_owned() });
+    fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+        let reason = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let reason = state
+                .degraded
+                .as_ref()
+                .map(|(r, _)| r.clone())
+                .unwrap_or_else(|| "closed".into());
+            if state.last_attempt.is_some_and(|t| t.elapsed() < RETRY) {
+                return Err(self.unavailable("reopen", reason));
+            }
+            state.last_attempt = Some(Instant::now());
+            reason
         };
-        doc.remove("agent");
-        doc.insert("mercury_id".into(), Value::String(id.to_owned()));
-        let bytes = serde_json::to_vec(&doc).map_err(|source| StoreError::Corrupt {
-            id: id.to_owned(),
-            source,
-        })?;
-        self.commit(INVENTORY, id, &bytes)?;
-        let mut docs = self.write_docs();
-        let entry = docs.entry(id.to_owned()).or_default();
-        entry.inventory = Some(doc);
-        entry.remerge(id);
-        Ok(())
-    }
-
-    /// Replaces a server's `agent` subdocument.
-    pub fn set_agent(&self, id: &str, agent: Value) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&agent).map_err(|source| StoreError::Corrupt {
-            id: id.to_owned(),
-            source,
-        })?;
-        self.commit(AGENT, id, &bytes)?;
-        let mut docs = self.write_docs();
-        let entry = docs.entry(id.to_owned()).or_default();
-        entry.agent = Some(agent);
-        entry.remerge(id);
-        Ok(())
-    }
-
-    /// Creates the `boot` table on first open and reads it into `docs`.
-    fn load_boot(&self, docs: &mut BTreeMap<String, Entry>) -> Result<(), StoreError> {
-        let write = self
+        let mut slot = self
             .db
-            .begin_write()
-            .map_err(|e| storage("begin")(e.into()))?;
-        write
-            .open_table(BOOT)
-            .map_err(|e| storage("open table")(e.into()))?;
-        write.commit().map_err(|e| storage("commit")(e.into()))?;
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| storage("begin")(e.into()))?;
-        let boot = read
-            .open_table(BOOT)
-            .map_err(|e| storage("open table")(e.into()))?;
-        for row in boot.iter().map_err(|e| storage("scan")(e.into()))? {
-            let (k, v) = row.map_err(|e| storage("scan")(e.into()))?;
-            let id = k.value().to_owned();
-            let value: Value =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                    id: id.clone(),
-                    source,
-                })?;
-            docs.entry(id).or_default().boot = Some(value);
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
         }
-        Ok(())
+        match open_db(&self.path) {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *slot = Some(db.clone());
+                info!(path = %self.path.display(), "embedded store reopened");
+                Ok(db)
+            }
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "embedded store still cannot be reopened");
+                Err(self.unavailable("reopen", format!("{reason}; reopening: {e}")))
+            }
+        }
+    }
+
+    fn unavailable(&self, operation: &'static str, reason: String) -> StoreError {
+        StoreError::Unavailable {
+            store: self.path.display().to_string(),
+            operation,
+            reason,
+        }
+    }
+
+    /// Maps a redb error to [`StoreError::Unavailable`], marks the store degraded and drops the
+    /// database so the next use reopens it (redb refuses every write after an I/O error).
+    fn fail<E: Into<redb::Error>>(
+        &self,
+        operation: &'static str,
+    ) -> impl FnOnce(E) -> StoreError + '_ {
+        move |e| {
+            let e: redb::Error = e.into();
+            let reason = e.to_string();
+            warn!(path = %self.path.display(), operation, error = %reason, "embedded store degraded");
+            {
+                let mut state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if state.degraded.is_none() {
+                    state.degraded = Some((reason.clone(), document::now()));
+                }
+                state.last_attempt = None;
+            }
+            *self
+                .db
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            self.unavailable(operation, reason)
+        }
+    }
+
+    /// Whether the store works; when degraded, tries to reopen it and write a probe.
+    pub fn health(&self) -> Health {
+        let degraded = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .degraded
+            .clone();
+        let Some((reason, since)) = degraded else {
+            return Health::Ok;
+        };
+        let probe = self.db().and_then(|db| {
+            let write = db.begin_write().map_err(self.fail("begin"))?;
+            {
+                let mut meta = write.open_table(META).map_err(self.fail("open table"))?;
+                meta.insert("health_probe", 0)
+                    .map_err(self.fail("insert"))?;
+            }
+            write.commit().map_err(self.fail("commit"))
+        });
+        match probe {
+            Ok(()) => {
+                info!(path = %self.path.display(), "embedded store recovered");
+                let mut state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.degraded = None;
+                Health::Ok
+            }
+            Err(e) => {
+                let now = match e {
+                    StoreError::Unavailable { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                let text = if now.contains(&reason) {
+                    now
+                } else {
+                    format!("{reason} (now: {now})")
+                };
+                Health::Degraded {
+                    reason: text.chars().take(500).collect(),
+                    since,
+                }
+            }
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.db()?.begin_read().map_err(self.fail("begin read"))
     }
 
     /// Replaces a server's `boot` subdocument.
     pub fn set_boot(&self, id: &str, boot: Value) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&boot).map_err(|source| StoreError::Corrupt {
-            id: id.to_owned(),
-            source,
-        })?;
-        self.commit(BOOT, id, &bytes)?;
-        let mut docs = self.write_docs();
-        let entry = docs.entry(id.to_owned()).or_default();
-        entry.boot = Some(boot);
-        entry.remerge(id);
+        self.batch(|txn| self.put_part(txn, Part::Boot, id, Some(boot)))
+    }
+
+    /// Runs `f` in one write transaction under the writer lock and commits it.
+    fn batch<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = self.db()?;
+        let write = db.begin_write().map_err(self.fail("begin"))?;
+        let out = f(&write)?;
+        write.commit().map_err(self.fail("commit"))?;
+        Ok(out)
+    }
+
+    /// Replaces one part of a document and its index entries.
+    fn put_part(
+        &self,
+        txn: &WriteTransaction,
+        part: Part,
+        id: &str,
+        value: Option<Value>,
+    ) -> Result<(), StoreError> {
+        let def = match part {
+            Part::Inventory => INVENTORY,
+            Part::Agent => AGENT,
+            Part::Boot => BOOT,
+            Part::Id => return Ok(()),
+        };
+        let mut table = txn.open_table(def).map_err(self.fail("open table"))?;
+        let old = get_doc(&table, id, self)?;
+        for (path, name) in &self.indexes {
+            let path_part = index::part_of(path);
+            let mut idx = txn
+                .open_table(index_table(name))
+                .map_err(self.fail("open table"))?;
+            if path_part == Part::Id {
+                let k = index::key(
+                    &index::encode(&Value::String(id.to_owned())).unwrap_or_default(),
+                    id,
+                );
+                idx.insert(k.as_slice(), ()).map_err(self.fail("insert"))?;
+                continue;
+            }
+            if path_part != part {
+                continue;
+            }
+            let before = index::keys_of(old.as_ref(), path);
+            let after = index::keys_of(value.as_ref(), path);
+            for k in before.iter().filter(|k| !after.contains(k)) {
+                idx.remove(index::key(k, id).as_slice())
+                    .map_err(self.fail("remove"))?;
+            }
+            for k in after.iter().filter(|k| !before.contains(k)) {
+                idx.insert(index::key(k, id).as_slice(), ())
+                    .map_err(self.fail("insert"))?;
+            }
+        }
+        match value {
+            Some(v) => {
+                let bytes = encode_doc(id, &v)?;
+                table
+                    .insert(id, bytes.as_slice())
+                    .map_err(self.fail("insert"))?;
+            }
+            None => {
+                table.remove(id).map_err(self.fail("remove"))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Writes an inventory, its version, and (when it changed) a history row.
+    fn put_inventory_in(
+        &self,
+        txn: &WriteTransaction,
+        id: &str,
+        mut doc: Map<String, Value>,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let version = {
+            let t = txn.open_table(VERSION).map_err(self.fail("open table"))?;
+            let v = t.get(id).map_err(self.fail("read"))?.map(|v| v.value());
+            v.unwrap_or(0)
+        };
+        if let Some(expected) = expected {
+            if expected != version {
+                return Err(StoreError::Conflict {
+                    id: id.to_owned(),
+                    expected,
+                    found: version,
+                });
+            }
+        }
+        doc.remove("agent");
+        doc.remove("boot");
+        if !doc.contains_key("mercury_id") {
+            doc.insert("mercury_id".into(), Value::String(id.to_owned()));
+        }
+        let old = {
+            let t = txn.open_table(INVENTORY).map_err(self.fail("open table"))?;
+            get_doc(&t, id, self)?
+        };
+        let changed = match old.as_ref().and_then(Value::as_object) {
+            Some(o) => document::changed(o, &doc),
+            None => true,
+        };
+        let new = Value::Object(doc);
+        if changed && self.history > 0 {
+            let mut h = txn.open_table(HISTORY).map_err(self.fail("open table"))?;
+            let seqs: Vec<u64> = h
+                .range((id, 0)..=(id, u64::MAX))
+                .map_err(self.fail("scan"))?
+                .map(|row| row.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()
+                .map_err(self.fail("scan"))?;
+            let seq = seqs.last().map_or(1, |s| s + 1);
+            let entry = HistoryEntry::record(seq, old.as_ref(), &new);
+            let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError::Corrupt {
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })?;
+            h.insert((id, seq), bytes.as_slice())
+                .map_err(self.fail("insert"))?;
+            let mut all = seqs;
+            all.push(seq);
+            for s in super::history::pruned(&all, self.history) {
+                h.remove((id, s)).map_err(self.fail("remove"))?;
+            }
+        }
+        self.put_part(txn, Part::Inventory, id, Some(new))?;
+        let mut t = txn.open_table(VERSION).map_err(self.fail("open table"))?;
+        t.insert(id, version + 1).map_err(self.fail("insert"))?;
+        Ok(())
+    }
+
+    /// The version of a server's inventory (0: none).
+    pub fn inventory_version(&self, id: &str) -> Result<u64, StoreError> {
+        let read = self.read()?;
+        let t = read.open_table(VERSION).map_err(self.fail("open table"))?;
+        let v = t.get(id).map_err(self.fail("read"))?.map(|v| v.value());
+        Ok(v.unwrap_or(0))
     }
 
     /// Increments and returns the controller epoch: a number no earlier start of this store
     /// returned (message ids carry it, so they never repeat across restarts).
     pub fn next_epoch(&self) -> Result<u32, StoreError> {
-        let write = self
-            .db
-            .begin_write()
-            .map_err(|e| storage("begin")(e.into()))?;
-        let epoch = {
-            let mut t = write
-                .open_table(META)
-                .map_err(|e| storage("open table")(e.into()))?;
+        self.batch(|write| {
+            let mut t = write.open_table(META).map_err(self.fail("open table"))?;
             let last = t
                 .get("epoch")
-                .map_err(|e| storage("read")(e.into()))?
+                .map_err(self.fail("read"))?
                 .map(|v| v.value())
                 .unwrap_or(0);
             // Epochs live in 32 bits of a message id; after 4 billion starts they wrap.
-            let next = (last + 1) & u64::from(u32::MAX);
-            let next = next.max(1);
-            t.insert("epoch", next)
-                .map_err(|e| storage("insert")(e.into()))?;
-            next as u32
-        };
-        write.commit().map_err(|e| storage("commit")(e.into()))?;
-        Ok(epoch)
+            let next = ((last + 1) & u64::from(u32::MAX)).max(1);
+            t.insert("epoch", next).map_err(self.fail("insert"))?;
+            Ok(next as u32)
+        })
     }
 
-    /// Applies every write in one transaction (one fsync), then updates memory. A conditional
-    /// agent write whose session no longer matches the stored one is skipped.
+    /// Applies every write in one transaction (one fsync). A conditional agent write whose
+    /// session no longer matches the stored one is skipped; a failed compare-and-swap fails the
+    /// whole batch.
     pub fn write_batch(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let mut encoded: Vec<(Write, Vec<u8>)> = Vec::with_capacity(writes.len());
-        for w in writes {
-            let bytes = match &w {
-                Write::Inventory { doc, .. } => serde_json::to_vec(doc),
-                Write::Agent { agent, .. } => serde_json::to_vec(agent),
-            }
-            .map_err(|source| StoreError::Corrupt {
-                id: w.id().to_owned(),
-                source,
-            })?;
-            encoded.push((w, bytes));
-        }
-        let _writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Decide conditional writes against memory, which mirrors what is committed; the
-        // writer lock keeps anything from changing in between.
-        let applied: Vec<bool> = {
-            let docs = self.read_docs();
-            encoded
-                .iter()
-                .map(|(w, _)| match w {
+        self.batch(|txn| {
+            for w in writes {
+                match w {
+                    Write::Inventory { id, doc } => self.put_inventory_in(txn, &id, doc, None)?,
+                    Write::InventoryIfVersion { id, doc, version } => {
+                        self.put_inventory_in(txn, &id, doc, Some(version))?
+                    }
                     Write::Agent {
                         id,
-                        only_if_session: Some(session),
-                        ..
-                    } => docs
-                        .get(id)
-                        .and_then(|e| e.agent.as_ref())
-                        .and_then(|a| a.get("session"))
-                        .and_then(Value::as_u64)
-                        == Some(*session),
-                    _ => true,
-                })
-                .collect()
-        };
-        let write = self
-            .db
-            .begin_write()
-            .map_err(|e| storage("begin")(e.into()))?;
-        {
-            let mut inventory = write
-                .open_table(INVENTORY)
-                .map_err(|e| storage("open table")(e.into()))?;
-            let mut agent = write
-                .open_table(AGENT)
-                .map_err(|e| storage("open table")(e.into()))?;
-            for ((w, bytes), apply) in encoded.iter().zip(&applied) {
-                if !apply {
-                    continue;
+                        agent,
+                        only_if_session,
+                    } => {
+                        if let Some(session) = only_if_session {
+                            let t = txn.open_table(AGENT).map_err(self.fail("open table"))?;
+                            let stored = get_doc(&t, &id, self)?;
+                            if stored
+                                .as_ref()
+                                .and_then(|a| a.get("session"))
+                                .and_then(Value::as_u64)
+                                != Some(session)
+                            {
+                                continue;
+                            }
+                        }
+                        self.put_part(txn, Part::Agent, &id, Some(agent))?;
+                    }
+                    Write::Record {
+                        collection,
+                        key,
+                        value,
+                    } => {
+                        let name = format!("record:{}", collection.name());
+                        let mut t = txn
+                            .open_table(record_table(&name))
+                            .map_err(self.fail("open table"))?;
+                        match value {
+                            Some(v) => {
+                                let bytes = encode_doc(&key, &v)?;
+                                t.insert(key.as_str(), bytes.as_slice())
+                                    .map_err(self.fail("insert"))?;
+                            }
+                            None => {
+                                t.remove(key.as_str()).map_err(self.fail("remove"))?;
+                            }
+                        }
+                    }
                 }
-                let table = match w {
-                    Write::Inventory { .. } => &mut inventory,
-                    Write::Agent { .. } => &mut agent,
-                };
-                table
-                    .insert(w.id(), bytes.as_slice())
-                    .map_err(|e| storage("insert")(e.into()))?;
             }
+            Ok(())
+        })
+    }
+
+    /// A record of a controller collection.
+    pub fn get_record(
+        &self,
+        collection: Collection,
+        key: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let read = self.read()?;
+        let name = format!("record:{}", collection.name());
+        match read.open_table(record_table(&name)) {
+            Ok(t) => get_doc(&t, key, self),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.fail("open table")(e)),
         }
-        write.commit().map_err(|e| storage("commit")(e.into()))?;
-        let mut docs = self.write_docs();
-        for ((w, _), apply) in encoded.into_iter().zip(applied) {
-            if !apply {
-                continue;
-            }
-            match w {
-                Write::Inventory { id, doc } => {
-                    let entry = docs.entry(id.clone()).or_default();
-                    entry.inventory = Some(doc);
-                    entry.remerge(&id);
-                }
-                Write::Agent { id, agent, .. } => {
-                    let entry = docs.entry(id.clone()).or_default();
-                    entry.agent = Some(agent);
-                    entry.remerge(&id);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// One server's merged document.
-    pub fn get(&self, id: &str) -> Option<Value> {
-        self.read_docs().get(id).map(|e| (*e.merged).clone())
+    pub fn get(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let read = self.read()?;
+        let tables = Tables::open(&read, self)?;
+        tables.merged(id, self)
     }
 
-    /// Runs a query over every merged document, in MercuryId order before any sort.
-    pub fn find(&self, query: &Query) -> Vec<Value> {
-        // Snapshot the Arcs so a slow query never holds the lock writers need.
-        let snapshot: Vec<Arc<Value>> = self
-            .read_docs()
-            .values()
-            .map(|e| e.merged.clone())
-            .collect();
-        query.run(snapshot.iter().map(|d| d.as_ref()))
+    /// A host's kept history, oldest first.
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let read = self.read()?;
+        let h = read.open_table(HISTORY).map_err(self.fail("open table"))?;
+        let mut out = Vec::new();
+        for row in h
+            .range((id, 0)..=(id, u64::MAX))
+            .map_err(self.fail("scan"))?
+        {
+            let (_, v) = row.map_err(self.fail("scan"))?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    id: id.to_owned(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The candidates of an indexed filter, in MercuryId order; `None` when no index applies.
+    fn candidates(
+        &self,
+        read: &ReadTransaction,
+        filter: &Value,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let paths: Vec<String> = self.indexes.iter().map(|(p, _)| p.clone()).collect();
+        let Some(lookup) = index::plan(filter, &paths) else {
+            return Ok(None);
+        };
+        let Some((_, name)) = self.indexes.iter().find(|(p, _)| *p == lookup.path) else {
+            return Ok(None);
+        };
+        let idx = read
+            .open_table(index_table(name))
+            .map_err(self.fail("open table"))?;
+        let mut ids = BTreeSet::new();
+        for (start, end) in &lookup.ranges {
+            let range = (as_slice(start), as_slice(end));
+            for row in idx.range::<&[u8]>(range).map_err(self.fail("scan"))? {
+                let (k, _) = row.map_err(self.fail("scan"))?;
+                if let Some(id) = index::id_of(k.value()) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(Some(ids.into_iter().collect()))
+    }
+
+    /// Calls `f` with every document a filter may select (index candidates, or all), in
+    /// MercuryId order, until it breaks.
+    fn each(
+        &self,
+        filter: &Value,
+        mut f: impl FnMut(Value) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let read = self.read()?;
+        let tables = Tables::open(&read, self)?;
+        if let Some(ids) = self.candidates(&read, filter)? {
+            for id in ids {
+                if let Some(doc) = tables.merged(&id, self)? {
+                    if f(doc).is_break() {
+                        break;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        tables.scan(self, f)
+    }
+
+    /// Runs a query: index candidates or a scan, keeping only matches (and for a sorted,
+    /// limited query only the best `skip + limit`).
+    pub fn find(&self, query: &Query) -> Result<Vec<Value>, StoreError> {
+        let keep = match query.limit {
+            None | Some(0) => None,
+            Some(n) => usize::try_from(n.saturating_add(query.skip.unwrap_or(0))).ok(),
+        };
+        let mut matched: Vec<Value> = Vec::new();
+        self.each(query.filter_document(), |doc| {
+            if !query.filter.matches(&doc) {
+                return ControlFlow::Continue(());
+            }
+            matched.push(doc);
+            match (keep, &query.sort) {
+                (Some(k), Some(sort)) if matched.len() >= 2 * k.max(64) => {
+                    // Stable: ties keep MercuryId order, as a full sort would.
+                    matched.sort_by(|a, b| sort.compare(a, b));
+                    matched.truncate(k);
+                    ControlFlow::Continue(())
+                }
+                (Some(k), None) if matched.len() >= k => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        })?;
+        Ok(query.run(matched.iter()))
+    }
+
+    /// Counts the documents a filter selects.
+    pub fn count(&self, count: &Count) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        self.each(count.filter.document(), |doc| {
+            if count.filter.matches(&doc) {
+                n += 1;
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(n)
+    }
+
+    /// The distinct values at a path among the documents a filter selects; only the path's
+    /// values of each match are kept while scanning.
+    pub fn distinct(&self, distinct: &Distinct) -> Result<Vec<Value>, StoreError> {
+        let narrow = Projection::parse(&serde_json::json!({ distinct.path(): 1 })).ok();
+        let mut kept = Vec::new();
+        self.each(distinct.filter().document(), |doc| {
+            if distinct.filter().matches(&doc) {
+                kept.push(match &narrow {
+                    Some(p) => p.apply(&doc),
+                    None => doc,
+                });
+            }
+            ControlFlow::Continue(())
+        })?;
+        let all = Distinct::new(distinct.path(), &Value::Object(Map::new())).map_err(|e| {
+            StoreError::Refused {
+                message: e.to_string(),
+            }
+        })?;
+        Ok(all.run(kept.iter()))
+    }
+
+    /// Runs a pipeline: its leading `$match/$project/$unwind` stages per document while
+    /// scanning (the first `$match` through an index when it can), then the rest over what they
+    /// kept, cut down to the top-level fields the rest refers to.
+    pub fn aggregate(&self, pipeline: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        let stages = pipeline.stages();
+        let split = stages
+            .iter()
+            .position(|s| {
+                !["$match", "$project", "$unwind"]
+                    .iter()
+                    .any(|k| s.get(*k).is_some())
+            })
+            .unwrap_or(stages.len());
+        let refused = |e: qs_query::QueryError| StoreError::Refused {
+            message: e.to_string(),
+        };
+        let head = Pipeline::parse(&Value::Array(stages[..split].to_vec())).map_err(refused)?;
+        let tail = Pipeline::parse(&Value::Array(stages[split..].to_vec())).map_err(refused)?;
+        let index_filter = stages
+            .first()
+            .and_then(|s| s.get("$match"))
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        let narrow = referenced_fields(&stages[split..]);
+        let mut kept = Vec::new();
+        self.each(&index_filter, |doc| {
+            for out in head.run(std::iter::once(&doc)) {
+                kept.push(match (&narrow, out) {
+                    (Some(fields), Value::Object(m)) => {
+                        Value::Object(m.into_iter().filter(|(k, _)| fields.contains(k)).collect())
+                    }
+                    (_, out) => out,
+                });
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(tail.run(kept.iter()))
+    }
+}
+
+/// The top-level fields later stages can read, or `None` when they may read whole documents
+/// (a `$project`, `$$ROOT`, or a stage with no reference at all like `$count`... which needs no
+/// field, so it gets an empty set).
+fn referenced_fields(stages: &[Value]) -> Option<BTreeSet<String>> {
+    fn visit(v: &Value, out: &mut BTreeSet<String>, whole: &mut bool) {
+        match v {
+            Value::String(s) if s.starts_with("$$") => *whole = true,
+            Value::String(s) if s.starts_with('$') => {
+                out.insert(s[1..].split('.').next().unwrap_or("").to_owned());
+            }
+            Value::Object(m) => {
+                for (k, v) in m {
+                    if !k.starts_with('$') {
+                        out.insert(k.split('.').next().unwrap_or("").to_owned());
+                    }
+                    visit(v, out, whole);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| visit(i, out, whole)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    let mut whole = false;
+    for s in stages {
+        if s.get("$project").is_some() || s.get("$unwind").is_some() {
+            return None;
+        }
+        visit(s, &mut out, &mut whole);
+    }
+    if whole {
+        None
+    } else {
+        Some(out)
+    }
+}
+
+fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|source| match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_owned(),
+        },
+        source => StoreError::Open {
+            path: path.to_owned(),
+            reason: source.to_string(),
+        },
+    })
+}
+
+fn get_doc<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    id: &str,
+    store: &EmbeddedStore,
+) -> Result<Option<Value>, StoreError> {
+    match table.get(id).map_err(store.fail("read"))? {
+        Some(bytes) => decode_doc(id, bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The three tables a merged document is read from.
+struct Tables {
+    inventory: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    agent: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    boot: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl Tables {
+    fn open(read: &ReadTransaction, store: &EmbeddedStore) -> Result<Tables, StoreError> {
+        Ok(Tables {
+            inventory: read
+                .open_table(INVENTORY)
+                .map_err(store.fail("open table"))?,
+            agent: read.open_table(AGENT).map_err(store.fail("open table"))?,
+            boot: read.open_table(BOOT).map_err(store.fail("open table"))?,
+        })
+    }
+
+    fn merged(&self, id: &str, store: &EmbeddedStore) -> Result<Option<Value>, StoreError> {
+        let inventory = get_doc(&self.inventory, id, store)?;
+        let agent = get_doc(&self.agent, id, store)?;
+        let boot = get_doc(&self.boot, id, store)?;
+        if inventory.is_none() && agent.is_none() && boot.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(merge(id, inventory, agent, boot)))
+    }
+
+    /// Every document in MercuryId order: the three tables walked side by side.
+    fn scan(
+        &self,
+        store: &EmbeddedStore,
+        mut f: impl FnMut(Value) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        type Rows<'a> = std::iter::Peekable<redb::Range<'a, &'static str, &'static [u8]>>;
+        fn next_key(
+            rows: &mut Rows<'_>,
+            store: &EmbeddedStore,
+        ) -> Result<Option<String>, StoreError> {
+            match rows.peek() {
+                None => Ok(None),
+                Some(Ok((k, _))) => Ok(Some(k.value().to_owned())),
+                Some(Err(_)) => match rows.next() {
+                    Some(Err(e)) => Err(store.fail("scan")(e)),
+                    _ => Ok(None),
+                },
+            }
+        }
+        fn take(
+            rows: &mut Rows<'_>,
+            id: &str,
+            store: &EmbeddedStore,
+        ) -> Result<Option<Value>, StoreError> {
+            if next_key(rows, store)?.as_deref() != Some(id) {
+                return Ok(None);
+            }
+            match rows.next() {
+                Some(Ok((_, v))) => decode_doc(id, v.value()).map(Some),
+                Some(Err(e)) => Err(store.fail("scan")(e)),
+                None => Ok(None),
+            }
+        }
+        let mut inv: Rows<'_> = self
+            .inventory
+            .iter()
+            .map_err(store.fail("scan"))?
+            .peekable();
+        let mut agent: Rows<'_> = self.agent.iter().map_err(store.fail("scan"))?.peekable();
+        let mut boot: Rows<'_> = self.boot.iter().map_err(store.fail("scan"))?.peekable();
+        loop {
+            let keys = [
+                next_key(&mut inv, store)?,
+                next_key(&mut agent, store)?,
+                next_key(&mut boot, store)?,
+            ];
+            let Some(id) = keys.into_iter().flatten().min() else {
+                return Ok(());
+            };
+            let doc = merge(
+                &id,
+                take(&mut inv, &id, store)?,
+                take(&mut agent, &id, store)?,
+                take(&mut boot, &id, store)?,
+            );
+            if f(doc).is_break() {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -392,41 +950,69 @@ mod tests {
         Query::from_request(&json!({})).unwrap()
     }
 
+    fn open(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(dir, StoreOptions::default()).unwrap()
+    }
+
+    fn put(s: &EmbeddedStore, id: &str, doc: Value) {
+        s.write_batch(vec![Write::Inventory {
+            id: id.into(),
+            doc: doc.as_object().unwrap().clone(),
+        }])
+        .unwrap();
+    }
+
+    fn agent(s: &EmbeddedStore, id: &str, agent: Value) {
+        s.write_batch(vec![Write::Agent {
+            id: id.into(),
+            agent,
+            only_if_session: None,
+        }])
+        .unwrap();
+    }
+
     #[test]
     fn documents_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = EmbeddedStore::open(dir.path()).unwrap();
-            s.put_inventory("a", json!({"mem": {"total": 1}})).unwrap();
-            s.set_agent("a", json!({"online": true})).unwrap();
-            s.put_inventory("a", json!({"mem": {"total": 2}, "agent": {"forged": 1}}))
-                .unwrap();
+            let s = open(dir.path());
+            put(&s, "a", json!({"mem": {"total": 1}}));
+            agent(&s, "a", json!({"online": true}));
+            put(
+                &s,
+                "a",
+                json!({"mem": {"total": 2}, "agent": {"forged": 1}}),
+            );
         }
-        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert_eq!(
-            s.get("a").unwrap(),
-            json!({"mercury_id": "a", "mem": {"total": 2}, "agent": {"online": true}})
+            s.get("a").unwrap().unwrap(),
+            json!({"mem": {"total": 2}, "mercury_id": "a", "agent": {"online": true}})
         );
-        assert_eq!(s.find(&all()).len(), 1);
+        assert_eq!(s.find(&all()).unwrap().len(), 1);
+        assert_eq!(s.inventory_version("a").unwrap(), 2);
+        assert_eq!(s.history("a").unwrap().len(), 2);
     }
 
     #[test]
     fn agent_fields_alone_make_a_document() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        s.set_agent("b", json!({"online": false})).unwrap();
+        let s = open(dir.path());
+        agent(&s, "b", json!({"online": false}));
         assert_eq!(
-            s.get("b").unwrap(),
+            s.get("b").unwrap().unwrap(),
             json!({"mercury_id": "b", "agent": {"online": false}})
         );
-        assert!(s.get("c").is_none());
+        assert!(s.get("c").unwrap().is_none());
+        let q = Query::from_request(&json!({"filter": {"mercury_id": "b"}})).unwrap();
+        assert_eq!(s.find(&q).unwrap().len(), 1);
     }
 
     #[test]
     fn a_second_open_of_the_same_dir_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = EmbeddedStore::open(dir.path()).unwrap();
-        let second = EmbeddedStore::open(dir.path());
+        let _first = open(dir.path());
+        let second = EmbeddedStore::open(dir.path(), StoreOptions::default());
         let Err(err) = second else {
             panic!("second open succeeded")
         };
@@ -435,13 +1021,128 @@ mod tests {
     }
 
     #[test]
-    fn non_objects_are_refused() {
+    fn indexed_queries_answer_as_scans_do() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        assert!(matches!(
-            s.put_inventory("x", json!([1])),
-            Err(StoreError::NotADocument { .. })
-        ));
+        let s = EmbeddedStore::open(
+            dir.path(),
+            StoreOptions {
+                indexes: vec!["mem.total".into()],
+                history: 3,
+            },
+        )
+        .unwrap();
+        for i in 0..40u64 {
+            put(
+                &s,
+                &format!("h{i:02}"),
+                json!({"mem": {"total": i % 7}, "interfaces": [{"address": format!("m{i}")}, {"address": "shared"}]}),
+            );
+            agent(&s, &format!("h{i:02}"), json!({"online": i % 2 == 0}));
+        }
+        for filter in [
+            json!({"interfaces.address": "m7"}),
+            json!({"interfaces.address": "shared"}),
+            json!({"mem.total": {"$gte": 2, "$lt": 4}}),
+            json!({"mem.total": {"$in": [1, 6.0]}}),
+            json!({"agent.online": true, "mem.total": 3}),
+        ] {
+            let q = Query::from_request(
+                &json!({"filter": filter, "sort": {"mem.total": -1}, "limit": 5}),
+            )
+            .unwrap();
+            let scanned = q.run(s.find(&all()).unwrap().iter());
+            assert_eq!(s.find(&q).unwrap(), scanned, "{filter}");
+            let c = Count::from_request(&json!({"filter": filter})).unwrap();
+            assert_eq!(
+                s.count(&c).unwrap(),
+                c.run(s.find(&all()).unwrap().iter()),
+                "{filter}"
+            );
+        }
+        // Index entries follow rewrites: the old value no longer finds the document.
+        put(&s, "h07", json!({"mem": {"total": 100}}));
+        let q = Query::from_request(&json!({"filter": {"interfaces.address": "m7"}})).unwrap();
+        assert!(s.find(&q).unwrap().is_empty());
+        let q = Query::from_request(&json!({"filter": {"mem.total": 100}})).unwrap();
+        assert_eq!(s.find(&q).unwrap().len(), 1);
+        // An index named later is built from what is stored.
+        drop(s);
+        let s = EmbeddedStore::open(
+            dir.path(),
+            StoreOptions {
+                indexes: vec!["mem.total".into(), "agent.online".into()],
+                history: 3,
+            },
+        )
+        .unwrap();
+        let q = Query::from_request(&json!({"filter": {"agent.online": false}})).unwrap();
+        assert_eq!(s.find(&q).unwrap().len(), 20);
+    }
+
+    #[test]
+    fn history_is_pruned_and_skips_unchanged_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(
+            dir.path(),
+            StoreOptions {
+                indexes: vec![],
+                history: 3,
+            },
+        )
+        .unwrap();
+        for n in 0..6 {
+            put(&s, "h", json!({"n": n}));
+            put(&s, "h", json!({"n": n}));
+        }
+        let h = s.history("h").unwrap();
+        assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5, 6]);
+        assert_eq!(h[2].changes, vec!["n 4 → 5"]);
+        let current = s.get("h").unwrap().unwrap();
+        let v = super::super::history::versions(&current, &h).unwrap();
+        assert_eq!(v[0].1, json!({"n": 3, "mercury_id": "h"}));
+    }
+
+    #[test]
+    fn compare_and_swap_refuses_a_stale_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let w = |version| Write::InventoryIfVersion {
+            id: "x".into(),
+            doc: json!({"v": version}).as_object().unwrap().clone(),
+            version,
+        };
+        s.write_batch(vec![w(0)]).unwrap();
+        s.write_batch(vec![w(1)]).unwrap();
+        let err = s.write_batch(vec![w(1)]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { found: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(s.get("x").unwrap().unwrap()["v"], json!(1));
+    }
+
+    #[test]
+    fn aggregates_and_distinct_read_what_they_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        for i in 0..10 {
+            put(
+                &s,
+                &format!("h{i}"),
+                json!({"bios": format!("v{}", i % 3), "big": vec![i; 50]}),
+            );
+        }
+        let p = Pipeline::from_request(&json!({"pipeline": [{"$group": {"_id": "$bios", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]})).unwrap();
+        assert_eq!(
+            s.aggregate(&p).unwrap(),
+            vec![
+                json!({"_id": "v0", "n": 4}),
+                json!({"_id": "v1", "n": 3}),
+                json!({"_id": "v2", "n": 3})
+            ]
+        );
+        let d = Distinct::from_request(&json!({"path": "bios", "filter": {"big": 1}})).unwrap();
+        assert_eq!(s.distinct(&d).unwrap(), vec![json!("v1")]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
