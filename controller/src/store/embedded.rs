@@ -722,7 +722,9 @@ impl EmbeddedStore {
     /// The distinct values at a path among the documents a filter selects; only the path's
     /// values of each match are kept while scanning.
     pub fn distinct(&self, distinct: &Distinct) -> Result<Vec<Value>, StoreError> {
-        let narrow = Projection::parse(&serde_json::json!({ distinct.path(): 1 })).ok();
+        // The path's top-level field whole: positions (`disks.0.dev`) are the distinct's to read.
+        let top = distinct.path().split('.').next().unwrap_or_default();
+        let narrow = Projection::parse(&serde_json::json!({ top: 1 })).ok();
         let mut kept = Vec::new();
         self.each(distinct.filter().document(), |doc| {
             if distinct.filter().matches(&doc) {
@@ -781,9 +783,9 @@ impl EmbeddedStore {
     }
 }
 
-/// The top-level fields later stages can read, or `None` when they may read whole documents
-/// (a `$project`, `$$ROOT`, or a stage with no reference at all like `$count`... which needs no
-/// field, so it gets an empty set).
+/// The top-level fields the rest of a pipeline can read, when it ends its use of whole
+/// documents in a `$group` or `$count` (before which only `$match`, `$sort`, `$skip` and `$limit`
+/// run); `None` when documents may reach the output whole, or `$$ROOT`-like variables are used.
 fn referenced_fields(stages: &[Value]) -> Option<BTreeSet<String>> {
     fn visit(v: &Value, out: &mut BTreeSet<String>, whole: &mut bool) {
         match v {
@@ -806,16 +808,19 @@ fn referenced_fields(stages: &[Value]) -> Option<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     let mut whole = false;
     for s in stages {
-        if s.get("$project").is_some() || s.get("$unwind").is_some() {
+        let reshapes = s.get("$group").is_some() || s.get("$count").is_some();
+        let passes = ["$match", "$sort", "$skip", "$limit"]
+            .iter()
+            .any(|k| s.get(*k).is_some());
+        if !reshapes && !passes {
             return None;
         }
         visit(s, &mut out, &mut whole);
+        if reshapes {
+            return (!whole).then_some(out);
+        }
     }
-    if whole {
-        None
-    } else {
-        Some(out)
-    }
+    None
 }
 
 fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {

@@ -633,31 +633,21 @@ fn rev_of_field(d: &Document, field: &str) -> u64 {
     }
 }
 
-/// The projection our API means, as the server takes it: `_id` and `_rev` never shown,
-/// `mercury_id` kept by inclusions unless excluded, `{}` the whole document.
+/// The projection our API means, as the server takes it (qs-query's translation: `_id` never
+/// shown, `mercury_id` kept by inclusions unless excluded), with `_rev` hidden as well.
 fn projection(p: Option<&Value>) -> Document {
-    let hidden = doc! {"_id": 0, REV: 0};
-    let Some(Value::Object(map)) = p else {
-        return hidden;
-    };
-    if map.is_empty() {
-        return hidden;
-    }
-    let truthy = |v: &Value| match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        _ => true,
-    };
-    let inclusion = map.iter().any(|(k, v)| k != FIND_KEY && truthy(v))
-        || (map.len() == 1 && map.get(FIND_KEY).is_some_and(truthy));
-    let mut out = query_document(&Value::Object(map.clone()));
-    if inclusion {
-        if !map.contains_key(FIND_KEY) {
-            out.insert(FIND_KEY, 1);
-        }
-        out.insert("_id", 0);
-    } else {
-        out.insert("_id", 0);
+    let mut out = query_document(&qs_query::server::find_projection(p));
+    let inclusion = out.iter().any(|(k, v)| {
+        k != "_id"
+            && match v {
+                Bson::Int32(n) => *n != 0,
+                Bson::Int64(n) => *n != 0,
+                Bson::Double(f) => *f != 0.0,
+                Bson::Boolean(b) => *b,
+                _ => true,
+            }
+    });
+    if !inclusion {
         out.insert(REV, 0);
     }
     out

@@ -1,0 +1,249 @@
+//! The conformance suite (controller/query/conformance/*.json) through the controller's
+//! [`Store`] interface, on both backends: the embedded store (one data dir per data set) and the
+//! MongoDB backend against a real MongoDB-wire server (secantusdb started by
+//! tests/mongodb-server, or the server named by `QS_TEST_MONGODB_URI`). The MongoDB run fails,
+//! never skips, when no server can be started.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use qs_controller::store::{Store, StoreError, StoreOptions, Write};
+use qs_query::conformance::{self, Backend, CaseFile, Operation, Reply, Side};
+use qs_query::{Count, Distinct, Pipeline, Query, FIND_KEY};
+use serde_json::Value;
+
+fn cases() -> Vec<CaseFile> {
+    let (files, errors) = conformance::load_dir(&conformance::default_dir());
+    for e in &errors {
+        eprintln!("cannot use case file: {e}");
+    }
+    assert!(
+        errors.is_empty(),
+        "{} case files could not be used",
+        errors.len()
+    );
+    let total: usize = files.iter().map(|f| f.cases.len()).sum();
+    assert!(total >= 300, "only {total} cases");
+    files
+}
+
+/// Answers the suite's requests through [`Store`]: each data set in its own store.
+struct StoreBackend {
+    open: Box<dyn FnMut(&str) -> futures::future::BoxFuture<'static, Store> + Send>,
+    stores: HashMap<String, Store>,
+}
+
+fn refused_or_failed(e: StoreError) -> Result<Reply, String> {
+    match e {
+        StoreError::Refused { message } => Ok(Reply::Refused(message)),
+        other => Err(other.to_string()),
+    }
+}
+
+impl Backend for StoreBackend {
+    async fn load(&mut self, id: &str, docs: &[Value]) -> Result<(), String> {
+        let store = (self.open)(id).await;
+        let mut writes = Vec::with_capacity(docs.len());
+        for (i, doc) in docs.iter().enumerate() {
+            let key = doc
+                .get(FIND_KEY)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("~{i:04}"));
+            writes.push(Write::Inventory {
+                id: key,
+                doc: doc.as_object().cloned().ok_or("not a document")?,
+            });
+        }
+        store
+            .write_batch(writes)
+            .await
+            .map_err(|e| format!("loading {id}: {e}"))?;
+        self.stores.insert(id.to_owned(), store);
+        Ok(())
+    }
+
+    async fn execute(&mut self, id: &str, operation: &Operation) -> Result<Reply, String> {
+        let store = self
+            .stores
+            .get(id)
+            .ok_or_else(|| format!("data set {id} was not loaded"))?;
+        let body = operation.body();
+        macro_rules! parse {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Reply::Refused(e.to_string())),
+                }
+            };
+        }
+        let answer = match operation {
+            Operation::Find(_) => store
+                .find(&parse!(Query::from_request(body)))
+                .await
+                .map(Value::Array),
+            Operation::Count(_) => store
+                .count(&parse!(Count::from_request(body)))
+                .await
+                .map(Value::from),
+            Operation::Distinct(_) => store
+                .distinct(&parse!(Distinct::from_request(body)))
+                .await
+                .map(Value::Array),
+            Operation::Aggregate(_) => store
+                .aggregate(&parse!(Pipeline::from_request(body)))
+                .await
+                .map(Value::Array),
+        };
+        match answer {
+            Ok(v) => Ok(Reply::Answer(v)),
+            Err(e) => refused_or_failed(e),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_answers_every_case_as_mongodb_does() {
+    let files = cases();
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().to_owned();
+    let mut backend = StoreBackend {
+        open: Box::new(move |id| {
+            let dir = base.join(id);
+            Box::pin(
+                async move { Store::open_embedded_with(&dir, StoreOptions::default()).unwrap() },
+            )
+        }),
+        stores: HashMap::new(),
+    };
+    let report = conformance::run(&files, &mut backend, Side::Ours).await;
+    println!("embedded store: {}", report.render());
+    assert!(report.failures.is_empty(), "{}", report.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_store_answers_every_case_as_mongodb_does() {
+    let files = cases();
+    let server = Server::start().unwrap_or_else(|e| {
+        panic!("no MongoDB-wire server for the store conformance run: {e} (tests/run installs secantusdb; or set QS_TEST_MONGODB_URI)")
+    });
+    let uri = server.uri.trim_end_matches('/').to_owned();
+    let prefix = format!("qs_store_conformance_{}", std::process::id());
+    let mut databases = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut backend = StoreBackend {
+        open: Box::new(move |id| {
+            let url = format!("{uri}/{prefix}_{}", id.replace('.', "_"));
+            let _ = tx.send(url.clone());
+            Box::pin(async move {
+                Store::open_mongodb(&url, StoreOptions::default())
+                    .await
+                    .unwrap()
+            })
+        }),
+        stores: HashMap::new(),
+    };
+    let report = conformance::run(&files, &mut backend, Side::Ours).await;
+    while let Ok(url) = rx.try_recv() {
+        databases.push(url);
+    }
+    drop_databases(&databases).await;
+    println!("MongoDB store on {}: {}", server.uri, report.render());
+    // Where secantusdb answers otherwise than MongoDB (marked cases), the store passes the
+    // server's answer through: those are the server's, not the backend's, failures.
+    let unmarked: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !marked(&files, &f.case))
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "{} unmarked failures:\n{}",
+        unmarked.len(),
+        report.render()
+    );
+}
+
+/// Whether a failed case (`file: name`) carries a `secantusdb` or `ours_only` mark.
+fn marked(files: &[CaseFile], label: &str) -> bool {
+    files.iter().any(|f| {
+        let file = f
+            .path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        f.cases.iter().any(|c| {
+            format!("{file}: {}", c.name) == label
+                && (c.secantusdb.is_some() || c.ours_only.is_some())
+        })
+    })
+}
+
+async fn drop_databases(urls: &[String]) {
+    for url in urls {
+        if let Ok(client) = mongodb::Client::with_uri_str(url).await {
+            if let Some(db) = client.default_database() {
+                let _ = db.drop().await;
+            }
+        }
+    }
+}
+
+/// A MongoDB-wire server for the test: started here, or named by the environment.
+struct Server {
+    uri: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Result<Server, String> {
+        if let Ok(uri) = std::env::var("QS_TEST_MONGODB_URI") {
+            return Ok(Server { uri, child: None });
+        }
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mongodb-server");
+        let mut child = Command::new(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", script.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(read.map(|_| line));
+        });
+        let mut server = Server {
+            uri: String::new(),
+            child: Some(child),
+        };
+        // Generous: the first run installs secantusdb into a virtualenv.
+        match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(Ok(line)) if line.starts_with("mongodb://") => {
+                server.uri = line.trim().to_owned();
+                Ok(server)
+            }
+            Ok(Ok(line)) => Err(format!("tests/mongodb-server printed {line:?}, not a URI")),
+            Ok(Err(e)) => Err(format!("cannot read tests/mongodb-server's output: {e}")),
+            Err(_) => Err("tests/mongodb-server printed no URI within 600 s".into()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // SIGTERM lets the script stop the server and remove its data directory.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
