@@ -4,7 +4,14 @@
 //!
 //! The binaries come from the same target directory as the test (`cargo build --workspace
 //! --bins` first; `tests/run` does), or from `QS_BIN_DIR`.
+//!
+//! [`fleet`] runs many simulated agents in one process (the real session code); benches read
+//! what the controller uses through [`process_usage`].
 
+pub mod fleet;
+pub mod process_usage;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,12 +36,15 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("QS_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    // target/<profile>/deps/<test-binary> -> target/<profile>
+    // target/<profile>/deps/<test-binary> -> target/<profile>; a bench binary such as
+    // target/<profile>/boot-storm sits next to them already.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -163,6 +173,11 @@ impl Controller {
         self.child.kill().await.context("cannot kill qs serve")
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -218,6 +233,86 @@ impl Controller {
             a.get("mercury_id").and_then(Value::as_str) == Some(id)
                 && a.get("online").and_then(Value::as_bool) == Some(true)
         }))
+    }
+
+    /// Waits until every agent in `ids` is listed online.
+    pub async fn wait_online(&self, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+        for id in ids {
+            wait_until(&format!("agent {id} online"), timeout, || async {
+                Ok(self.is_online(id).await?.then_some(()))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Captured hosts that yield three distinct MercuryIds (see inspectors/fixtures/SOURCES.md).
+pub const FIXTURE_HOSTS: [&str; 3] = ["dev-vm", "lenovo-thinkpad-t490", "qemu-q35"];
+
+/// A controller on a fresh data dir with one `qs-agent run` per fixture host, all online:
+/// the setup tests share instead of copying it.
+pub struct FixtureServers {
+    /// The controller's data dir (removed on drop).
+    pub data: tempfile::TempDir,
+    /// The controller.
+    pub controller: Controller,
+    /// One agent per [`FIXTURE_HOSTS`] entry, in that order.
+    pub agents: Vec<Agent>,
+    /// Their MercuryIds, in the same order.
+    pub ids: Vec<String>,
+}
+
+impl FixtureServers {
+    /// Starts `qs serve` with `extra` flags and the three agents, and waits until all are
+    /// online (each wait bounded by `timeout`).
+    pub async fn start(extra: &[&str], timeout: Duration) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let controller = Controller::start(data.path(), extra).await?;
+        let mut agents = Vec::new();
+        for host in FIXTURE_HOSTS {
+            agents.push(Agent::start(&controller.agents, &fixture_host(host)).await?);
+        }
+        let ids: Vec<String> = agents.iter().map(|a| a.mercury_id.clone()).collect();
+        controller.wait_online(&ids, timeout).await?;
+        Ok(Self {
+            data,
+            controller,
+            agents,
+            ids,
+        })
+    }
+}
+
+/// A loopback port held for a controller that starts later: bound (with SO_REUSEADDR) but not
+/// listening, so dialling it is refused as if nothing were there and no other process can
+/// take it, while `qs serve` (whose listener also sets SO_REUSEADDR) can bind and listen on it.
+pub struct ReservedPort {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ReservedPort {
+    /// Binds port 0 on 127.0.0.1 and reads the port the kernel chose.
+    pub fn new() -> anyhow::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = socket.local_addr()?;
+        Ok(Self {
+            _socket: socket,
+            addr,
+        })
+    }
+
+    /// The address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The ZeroMQ endpoint, `tcp://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("tcp://{}", self.addr)
     }
 }
 

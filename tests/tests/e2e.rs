@@ -5,45 +5,48 @@
 
 use std::time::Duration;
 
-use qs_tests::{agent_cli, fixture_host, wait_until, Agent, Controller};
+use qs_tests::{
+    agent_cli, fixture_host, wait_until, Agent, Controller, FixtureServers, ReservedPort,
+    FIXTURE_HOSTS,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
-/// Captured hosts that yield three distinct MercuryIds (see inspectors/fixtures/SOURCES.md).
-const HOSTS: [&str; 3] = ["dev-vm", "lenovo-thinkpad-t490", "qemu-q35"];
+const HOSTS: [&str; 3] = FIXTURE_HOSTS;
 const WAIT: Duration = Duration::from_secs(60);
 /// Short heartbeats so losses and restarts are noticed within seconds.
 const FAST: &[&str] = &["--heartbeat-interval", "1s", "--heartbeat-timeout", "4s"];
 
-async fn start_agents(controller: &Controller) -> Vec<Agent> {
-    let mut agents = Vec::new();
-    for host in HOSTS {
-        agents.push(
-            Agent::start(&controller.agents, &fixture_host(host))
-                .await
-                .unwrap(),
-        );
-    }
-    agents
+async fn wait_online(controller: &Controller, ids: &[String]) {
+    controller.wait_online(ids, WAIT).await.unwrap();
 }
 
-async fn wait_online(controller: &Controller, ids: &[String]) {
-    for id in ids {
-        wait_until(&format!("agent {id} online"), WAIT, || async {
-            Ok(controller.is_online(id).await?.then_some(()))
-        })
-        .await
-        .unwrap();
-    }
+/// The three fixture servers registered with a controller using short heartbeats.
+async fn three_servers() -> FixtureServers {
+    FixtureServers::start(FAST, WAIT).await.unwrap()
+}
+
+/// The MercuryIds of the servers a filter finds, sorted.
+async fn servers_matching(controller: &Controller, filter: Value) -> anyhow::Result<Vec<String>> {
+    let (status, docs) = controller
+        .post("/api/v1/inventory/query", &json!({"filter": filter}))
+        .await?;
+    anyhow::ensure!(status == 200, "{docs}");
+    let mut got: Vec<String> = docs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["mercury_id"].as_str().map(str::to_owned))
+        .collect();
+    got.sort();
+    Ok(got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
-    let data = tempfile::tempdir().unwrap();
-    let controller = Controller::start(data.path(), FAST).await.unwrap();
-    let agents = start_agents(&controller).await;
-    let ids: Vec<String> = agents.iter().map(|a| a.mercury_id.clone()).collect();
+async fn three_fixture_hosts_register_as_the_servers_qs_agent_id_names() {
+    let servers = three_servers().await;
+    let ids = &servers.ids;
     let mut distinct = ids.clone();
     distinct.sort();
     distinct.dedup();
@@ -52,10 +55,8 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         3,
         "fixture hosts must be distinct servers: {ids:?}"
     );
-    wait_online(&controller, &ids).await;
-
     // Each id matches what `qs-agent id` derives from the same tree.
-    for (host, id) in HOSTS.iter().zip(&ids) {
+    for (host, id) in HOSTS.iter().zip(ids) {
         let root = fixture_host(host);
         let (ok, out, err) = agent_cli(&["id", "--root", root.to_str().unwrap()])
             .await
@@ -63,8 +64,28 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         assert!(ok, "{err}");
         assert_eq!(out.trim(), id);
     }
+    let (status, body) = servers
+        .controller
+        .get(&format!("/api/v1/inventory/{}", ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["mercury_id"], ids[0]);
+    assert_eq!(body["agent"]["online"], true);
+    assert!(
+        body["agent"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{body}"
+    );
+}
 
-    // HTTP API: query, projection, sort, limit; a bad operator is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_api_queries_projects_sorts_and_names_bad_requests() {
+    let servers = three_servers().await;
+    let (controller, ids) = (&servers.controller, &servers.ids);
+    // Query, projection, sort.
     let (status, docs) = controller
         .post(
             "/api/v1/inventory/query",
@@ -124,47 +145,7 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         assert_eq!(got, vec![expected.as_str()], "{filter}");
     }
 
-    // The BMC: whether there is one is known at registration; what it says comes with the
-    // slow facts, as a delta.
-    let servers = |filter: Value| {
-        let controller = &controller;
-        async move {
-            let (status, docs) = controller
-                .post("/api/v1/inventory/query", &json!({"filter": filter}))
-                .await?;
-            anyhow::ensure!(status == 200, "{docs}");
-            let mut got: Vec<String> = docs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d["mercury_id"].as_str().map(str::to_owned))
-                .collect();
-            got.sort();
-            Ok(got)
-        }
-    };
-    let mut without_bmc = vec![ids[0].clone(), ids[1].clone()];
-    without_bmc.sort();
-    assert_eq!(
-        servers(json!({"bmc.present": false})).await.unwrap(),
-        without_bmc
-    );
-    let by_firmware = wait_until(
-        "the BMC's firmware reaches the controller",
-        WAIT,
-        || async {
-            let got = servers(json!({
-                "bmc.firmware.manufacturer_id": 10876,
-                "dmi.ipmi_device.interface": "KCS"
-            }))
-            .await?;
-            Ok((!got.is_empty()).then_some(got))
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(by_firmware, vec![ids[2].clone()]);
-
+    // A bad operator is a 400 naming it; ids are checked.
     let (status, body) = controller
         .post(
             "/api/v1/inventory/query",
@@ -180,21 +161,6 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
             .contains("$bogus"),
         "{body}"
     );
-
-    let (status, body) = controller
-        .get(&format!("/api/v1/inventory/{}", ids[0]))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(body["mercury_id"], ids[0]);
-    assert_eq!(body["agent"]["online"], true);
-    assert!(
-        body["agent"]["address"]
-            .as_str()
-            .unwrap()
-            .starts_with("127.0.0.1:"),
-        "{body}"
-    );
     let (status, _) = controller
         .get("/api/v1/inventory/00ffffffffffffffffffffffffffffffffffffffff")
         .await
@@ -202,8 +168,44 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     assert_eq!(status, 404);
     let (status, _) = controller.get("/api/v1/inventory/not-an-id").await.unwrap();
     assert_eq!(status, 400);
+}
 
-    // The CLI: a table by default, exact JSON with --json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bmc_presence_is_known_at_registration_and_its_firmware_comes_with_the_slow_facts() {
+    let servers = three_servers().await;
+    let (controller, ids) = (&servers.controller, &servers.ids);
+    let mut without_bmc = vec![ids[0].clone(), ids[1].clone()];
+    without_bmc.sort();
+    assert_eq!(
+        servers_matching(controller, json!({"bmc.present": false}))
+            .await
+            .unwrap(),
+        without_bmc
+    );
+    let by_firmware = wait_until(
+        "the BMC's firmware reaches the controller",
+        WAIT,
+        || async {
+            let got = servers_matching(
+                controller,
+                json!({
+                    "bmc.firmware.manufacturer_id": 10876,
+                    "dmi.ipmi_device.interface": "KCS"
+                }),
+            )
+            .await?;
+            Ok((!got.is_empty()).then_some(got))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_firmware, vec![ids[2].clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_servers_as_a_table_or_json_and_lists_agents() {
+    let servers = three_servers().await;
+    let (controller, ids) = (&servers.controller, &servers.ids);
     let (ok, table, err) = controller
         .cli(&["inventory", "find", "{}", "--sort", "{\"mercury_id\": 1}"])
         .await
@@ -217,7 +219,7 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
             .is_some_and(|h| h.contains("BMC.LAN.IP_ADDRESS")),
         "{table}"
     );
-    for id in &ids {
+    for id in ids {
         assert!(table.contains(id.as_str()), "{table}");
     }
     let (ok, out, err) = controller
@@ -245,7 +247,55 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
         3,
         "{list}"
     );
+}
 
+/// Calls reach the agents: `inspect` answers with an inventory; an unknown capability is an
+/// explicit error, over HTTP and through the CLI.
+async fn calls_are_answered(controller: &Controller, ids: &[String]) {
+    let (status, body) = controller
+        .post(
+            &format!("/api/v1/agents/{}/calls", ids[0]),
+            &json!({"capability": "inspect", "args": {"only": ["mem"]}, "timeout": 30}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"], "succeeded");
+    assert!(
+        body["output"]["mem"]["total"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    let (status, body) = controller
+        .post(
+            &format!("/api/v1/agents/{}/calls", ids[0]),
+            &json!({"capability": "frobnicate", "timeout": 30}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_capability");
+    let (ok, out, err) = controller
+        .cli(&["agents", "call", &ids[1], "inspect", "--timeout", "30"])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("\"succeeded\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_answered_with_an_inventory_or_an_explicit_error() {
+    let servers = three_servers().await;
+    calls_are_answered(&servers.controller, &servers.ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_restarts_with_every_document_and_the_agents_register_again() {
+    let FixtureServers {
+        data,
+        controller,
+        agents: _agents,
+        ids,
+    } = three_servers().await;
     // Kill the controller (no clean shutdown) and restart it on the same data dir and ports.
     let before: Value = controller
         .post("/api/v1/inventory/query", &json!({}))
@@ -279,58 +329,33 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     }
     // The agents find the new controller and register again.
     for id in &ids {
+        let old_registered = before
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["mercury_id"] == id.as_str()))
+            .and_then(|d| d["agent"]["registered"].as_str())
+            .unwrap_or_default()
+            .to_owned();
         wait_until(&format!("{id} registered again"), WAIT, || async {
             let (_, doc) = controller.get(&format!("/api/v1/inventory/{id}")).await?;
-            let registered = doc["agent"]["registered"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let registered = doc["agent"]["registered"].as_str().unwrap_or_default();
             let online = doc["agent"]["online"] == true;
-            let (_, old) = (registered.clone(), before.clone());
-            let old_registered = old
-                .as_array()
-                .and_then(|d| d.iter().find(|d| d["mercury_id"] == id.as_str()))
-                .and_then(|d| d["agent"]["registered"].as_str())
-                .unwrap_or_default()
-                .to_owned();
-            Ok((online && registered > old_registered).then_some(()))
+            Ok((online && registered > old_registered.as_str()).then_some(()))
         })
         .await
         .unwrap();
     }
+    // Calls reach them through the new controller.
+    calls_are_answered(&controller, &ids).await;
+}
 
-    // Calls: inspect answers with an inventory; an unknown capability is an explicit error.
-    let (status, body) = controller
-        .post(
-            &format!("/api/v1/agents/{}/calls", ids[0]),
-            &json!({"capability": "inspect", "args": {"only": ["mem"]}, "timeout": 30}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["outcome"], "succeeded");
-    assert!(
-        body["output"]["mem"]["total"].as_u64().unwrap() > 0,
-        "{body}"
-    );
-    let (status, body) = controller
-        .post(
-            &format!("/api/v1/agents/{}/calls", ids[0]),
-            &json!({"capability": "frobnicate", "timeout": 30}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "unknown_capability");
-    let (ok, out, err) = controller
-        .cli(&["agents", "call", &ids[1], "inspect", "--timeout", "30"])
-        .await
-        .unwrap();
-    assert!(ok, "{err}");
-    assert!(out.contains("\"succeeded\""), "{out}");
-
-    // An agent that stops is shown offline; its document stays.
-    let mut agents = agents;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_is_shown_offline_and_its_document_stays() {
+    let FixtureServers {
+        data: _data,
+        controller,
+        mut agents,
+        ids: _,
+    } = three_servers().await;
     let gone = agents.pop().unwrap();
     let gone_id = gone.mercury_id.clone();
     gone.kill().await.unwrap();
@@ -346,6 +371,65 @@ async fn three_agents_register_are_queried_and_survive_a_controller_restart() {
     assert_eq!(status, 200);
     assert_eq!(doc["agent"]["online"], false);
     assert_eq!(doc["dmi"]["product_name"], "QS-Guest");
+    // The others stay online.
+    for agent in &agents {
+        assert!(controller.is_online(&agent.mercury_id).await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_storm_of_simulated_agents_registers_each_exactly_once() {
+    const AGENTS: usize = 200;
+    let data = tempfile::tempdir().unwrap();
+    let controller = Controller::start(data.path(), &[]).await.unwrap();
+    let servers = qs_tests::fleet::simulated_servers(AGENTS, 0x7e).unwrap();
+    let fleet = qs_tests::fleet::Fleet::start(
+        &controller.agents,
+        servers,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    wait_until("every simulated agent registered", WAIT, || async {
+        let n = fleet.registered();
+        if n == AGENTS {
+            Ok(Some(()))
+        } else {
+            Err(anyhow::anyhow!("{n} of {AGENTS} registered"))
+        }
+    })
+    .await
+    .unwrap();
+    wait_until("the controller lists every agent online", WAIT, || async {
+        let agents = controller.agents().await?;
+        let online = agents.iter().filter(|a| a["online"] == true).count();
+        Ok((online == AGENTS).then_some(()))
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = controller
+        .agents()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["mercury_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), AGENTS);
+    for (i, record) in fleet.records().iter().enumerate() {
+        assert_eq!(
+            record.registrations(),
+            1,
+            "agent {i} registered {} times",
+            record.registrations()
+        );
+        assert_eq!(
+            record.sessions_lost(),
+            0,
+            "agent {i} lost a session: {:?}",
+            record.last_loss()
+        );
+    }
+    fleet.stop().await;
 }
 
 /// ZMTP 3.0 greeting (NULL mechanism, client) and a READY command for a DEALER.
@@ -402,9 +486,18 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
         let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
             .await
             .unwrap();
+        // Writes and the half-close may fail once the controller has hung up: it may reject
+        // after the first 64 bytes.
         let _ = s.write_all(&garbage).await;
+        // Half-close: the controller now has all this peer will ever send (even shorter than a
+        // greeting) and must hang up at once, not after its handshake timeout.
+        let _ = s.shutdown().await;
         let mut sink = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "the controller kept a garbage connection open for {WAIT:?}"
+        );
     }
     // 2. A valid handshake, then a frame announcing 1 TiB (it must never be allocated).
     let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
@@ -415,7 +508,9 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     hello.extend_from_slice(&(1u64 << 40).to_be_bytes());
     hello.extend_from_slice(&[0u8; 1000]);
     s.write_all(&hello).await.unwrap();
-    drop(s);
+    // Held open until the counters are read: a peer that hangs up at once is rejected during
+    // the handshake (the controller's READY finds the socket closed) before its header is read.
+    let huge_frame_peer = s;
     // 3. A real ZeroMQ peer sending malformed envelopes, a bad version, and an oversize message.
     let mut options = SocketOptions::default();
     options.peer_identity(
@@ -460,6 +555,7 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     .await
     .unwrap();
     drop(dealer);
+    drop(huge_frame_peer);
 
     // Still alive, still serving, nothing changed.
     assert!(controller.is_running());
@@ -488,17 +584,20 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_when_the_controller_appears_later() {
     let data = tempfile::tempdir().unwrap();
-    // Learn two free ports by starting and stopping a controller; the agent dials before the
-    // real one exists and must keep retrying with backoff.
-    let probe = Controller::start(data.path(), &[]).await.unwrap();
-    let (agents_addr, http_addr) = (probe.agents.clone(), probe.http_addr().to_owned());
-    probe.kill().await.unwrap();
-    let agent = Agent::start(&agents_addr, &fixture_host(HOSTS[1]))
+    // The agent dials a port nothing listens on yet (held so no one else takes it) and must
+    // keep retrying with backoff until the controller binds it.
+    let port = ReservedPort::new().unwrap();
+    let agent = Agent::start(&port.endpoint(), &fixture_host(HOSTS[1]))
         .await
         .unwrap();
-    let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, &[])
+    assert!(
+        tokio::net::TcpStream::connect(port.addr()).await.is_err(),
+        "nothing listens on the reserved port yet"
+    );
+    let controller = Controller::start_on(data.path(), &port.endpoint(), "127.0.0.1:0", &[])
         .await
         .unwrap();
+    drop(port);
     wait_online(&controller, std::slice::from_ref(&agent.mercury_id)).await;
 }
 
@@ -585,33 +684,39 @@ impl NetnsPair {
             .is_ok_and(|s| s.success())
     }
 
-    /// None when this machine does not let the test create namespaces (not root, no iproute2).
-    fn create(tag: &str) -> Option<(Self, [String; 2])> {
+    /// Creates the pair; the error names the `ip` command this machine refused (not root, no
+    /// iproute2), and what was created is removed again.
+    fn create(tag: &str) -> Result<(Self, [String; 2]), String> {
         let pid = std::process::id();
         let names = [format!("qs-{tag}-a-{pid}"), format!("qs-{tag}-b-{pid}")];
         let links = [format!("qs{tag}a{pid}"), format!("qs{tag}b{pid}")];
-        if !Self::ip(&["netns", "add", &names[0]]) {
-            return None;
-        }
+        let step = |args: &[&str]| {
+            if Self::ip(args) {
+                Ok(())
+            } else {
+                Err(format!("`ip {}` failed", args.join(" ")))
+            }
+        };
+        step(&["netns", "add", &names[0]])?;
         let pair = Self { names };
-        let ok = Self::ip(&["netns", "add", &pair.names[1]])
-            && Self::ip(&[
-                "link",
-                "add",
-                &links[0],
-                "netns",
-                &pair.names[0],
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &links[1],
-                "netns",
-                &pair.names[1],
-            ])
-            && Self::ip(&["-n", &pair.names[0], "link", "set", &links[0], "up"])
-            && Self::ip(&["-n", &pair.names[1], "link", "set", &links[1], "up"]);
-        ok.then_some((pair, links))
+        step(&["netns", "add", &pair.names[1]])?;
+        step(&[
+            "link",
+            "add",
+            &links[0],
+            "netns",
+            &pair.names[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &links[1],
+            "netns",
+            &pair.names[1],
+        ])?;
+        step(&["-n", &pair.names[0], "link", "set", &links[0], "up"])?;
+        step(&["-n", &pair.names[1], "link", "set", &links[1], "up"])?;
+        Ok((pair, links))
     }
 }
 
@@ -625,10 +730,9 @@ impl Drop for NetnsPair {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lldp_frames_sent_over_a_veth_are_reported_by_the_agent() {
-    let Some((pair, links)) = NetnsPair::create("ll") else {
-        eprintln!("skipping: this machine does not let the test create network namespaces (needs root and iproute2)");
-        return;
-    };
+    // A check that cannot run is not a pass: this test needs root and iproute2.
+    let (pair, links) = NetnsPair::create("ll")
+        .unwrap_or_else(|e| panic!("cannot create the network namespaces this test needs: {e}"));
     // A capture from one switch (with two, the report is whichever spoke last).
     let pcap = qs_tests::repo_root().join("inspectors/fixtures/shared/lldp/cisco-sg200.lldp.pcap");
     let mut sender = tokio::process::Command::new("ip")
