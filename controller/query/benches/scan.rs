@@ -64,7 +64,7 @@ fn host(templates: &[Value; 2], i: usize) -> Value {
         }
     }
     doc["mem"]["total"] = json!((16u64 << ((i * 31) % 6)) * GIB);
-    doc["agent"] = json!({"online": i % 5 != 0, "version": "0.1.0"});
+    doc["agent"] = json!({"online": (i * 7) % 10 >= 2, "version": "0.1.0"});
     doc
 }
 
