@@ -69,6 +69,15 @@ pub struct ServeArgs {
     /// Most agent connections at once from one address.
     #[arg(long, default_value_t = 1024)]
     max_connections_per_source: usize,
+    /// Where inventory lives: `embedded` (redb in --data-dir) or `mongodb://HOST:PORT/DB`.
+    #[arg(long, env = "QS_STORE", default_value = "embedded")]
+    store: String,
+    /// Also index this document path (repeatable), e.g. `--index dmi.board_serial`.
+    #[arg(long = "index", value_name = "PATH")]
+    index: Vec<String>,
+    /// Inventory versions kept per host (older ones are pruned on insert).
+    #[arg(long, default_value_t = crate::store::DEFAULT_HISTORY)]
+    history: usize,
     /// Longest an inventory query may take before the caller gets 504.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     query_timeout: Duration,
@@ -108,6 +117,10 @@ pub struct ServeConfig {
     pub max_connections_per_source: usize,
     /// Bounds on inventory queries.
     pub queries: crate::http::QueryLimits,
+    /// Which store (`--store`).
+    pub store: crate::store::StoreLocation,
+    /// Indexes and history depth (`--index`, `--history`).
+    pub store_options: crate::store::StoreOptions,
 }
 
 impl ServeArgs {
@@ -124,6 +137,11 @@ impl ServeArgs {
             bail!("--heartbeat-timeout must be longer than a non-zero --heartbeat-interval");
         }
         Ok(ServeConfig {
+            store: crate::store::StoreLocation::parse(&self.store)?,
+            store_options: crate::store::StoreOptions {
+                indexes: self.index,
+                history: self.history,
+            },
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
             agents,
             http: self.http,
@@ -191,12 +209,24 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+fn describe_store(config: &ServeConfig) -> String {
+    match &config.store {
+        crate::store::StoreLocation::Embedded => config.data_dir.display().to_string(),
+        crate::store::StoreLocation::MongoDb(url) => crate::store::mongo::redact(url),
+    }
+}
+
 /// Runs the controller until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store = Store::open_embedded(&config.data_dir)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = Store::open_for_serve(
+        &config.store,
+        &config.data_dir,
+        config.store_options.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot open the store ({})", describe_store(&config)))?;
     raise_open_file_limit();
     let epoch = store
         .next_epoch()

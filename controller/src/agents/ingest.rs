@@ -212,7 +212,9 @@ async fn commit(store: &Store, config: &IngestConfig, counters: &Counters, batch
             other => (other, None),
         };
         match prepare(&request.id, previous.as_deref(), change, &config.limits) {
-            Ok(current) => {
+            Ok(mut current) => {
+                // `schema` and `received_at` are stamped where the new document is made.
+                crate::store::document::stamp(&mut current);
                 let current = Arc::new(current);
                 overlay.insert(request.id.clone(), current.clone());
                 writes.push(Write::Inventory {

@@ -49,6 +49,25 @@ pub(super) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List a server's kept inventory versions: when, and what changed in a line.
+    History {
+        /// The server's MercuryId.
+        mercury_id: String,
+        /// Print exact JSON instead of one version a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON patch between two kept versions (default: the last change).
+    Diff {
+        /// The server's MercuryId.
+        mercury_id: String,
+        /// The version current at this time (RFC 3339); default: the one before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// The version current at this time (RFC 3339); default: the newest.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 fn parse_json(flag: &str, text: &str) -> anyhow::Result<Value> {
@@ -109,7 +128,72 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
             print!("{}", table::render(&headers, &rows));
             Ok(())
         }
+        Cmd::History { mercury_id, json } => history(&api, &mercury_id, json).await,
+        Cmd::Diff {
+            mercury_id,
+            from,
+            to,
+        } => diff(&api, &mercury_id, from, to).await,
     }
+}
+
+/// `qs inventory history`: one kept version a line, oldest first.
+async fn history(api: &ApiClient, id: &str, json: bool) -> anyhow::Result<()> {
+    let answer: Value = api.get(&format!("inventory/{id}/history")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = answer["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                v["seq"].to_string(),
+                v["at"].as_str().unwrap_or("").to_owned(),
+                v["summary"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    let headers = ["SEQ", "RECEIVED", "CHANGES"].map(str::to_owned);
+    print!("{}", table::render(&headers, &rows));
+    Ok(())
+}
+
+/// `qs inventory diff`: the RFC 6902 patch between two kept versions.
+async fn diff(
+    api: &ApiClient,
+    id: &str,
+    from: Option<String>,
+    to: Option<String>,
+) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    for (key, value) in [("from", from), ("to", to)] {
+        if let Some(v) = value {
+            query.push(format!("{key}={}", percent_encode(&v)));
+        }
+    }
+    let path = if query.is_empty() {
+        format!("inventory/{id}/diff")
+    } else {
+        format!("inventory/{id}/diff?{}", query.join("&"))
+    };
+    let answer: Value = api.get(&path).await?;
+    println!("{}", serde_json::to_string_pretty(&answer["patch"])?);
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// The projection's included paths (mercury_id first), or the default columns.

@@ -3,6 +3,7 @@
 //! [`router`] builds the whole API from state, so handler tests call it without a socket.
 
 mod error;
+pub mod history;
 pub mod hosts;
 mod inventory_queries;
 pub mod query_gate;
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{mercury_id}/calls", post(call_capability))
         .route("/inventory/{mercury_id}", get(get_inventory))
         .route("/inventory/query", post(query_inventory))
+        .route("/inventory/{mercury_id}/history", get(history::list))
+        .route("/inventory/{mercury_id}/diff", get(history::diff))
         .route("/inventory/count", post(inventory_queries::count_inventory))
         .route(
             "/inventory/distinct",
@@ -82,8 +85,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": "ok"|"degraded", "store": {"state", "reason"?, "since"?, "location"}}`: 503 while
+/// the store is degraded (it keeps retrying; the reason says why).
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let health = state.store.health().await;
+    let mut store = serde_json::to_value(&health).unwrap_or_else(|_| json!({}));
+    store["location"] = json!(state.store.describe());
+    match health {
+        crate::store::Health::Ok => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "store": store})),
+        ),
+        crate::store::Health::Degraded { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "store": store})),
+        ),
+    }
 }
 
 async fn list_agents(State(state): State<AppState>) -> Result<Json<Vec<AgentSummary>>, ApiError> {
@@ -438,9 +455,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(doc["mem"]["total"], 1024);
         let (status, health) = call(&app, "GET", "/healthz", "").await;
-        assert_eq!(
-            (status, health),
-            (StatusCode::OK, serde_json::json!({"status": "ok"}))
-        );
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["store"]["state"], "ok");
     }
 }

@@ -248,6 +248,31 @@ pub enum Health {
     },
 }
 
+/// Where `qs serve --store` keeps inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// redb in the data dir.
+    Embedded,
+    /// A MongoDB database (`mongodb://HOST:PORT/DB`).
+    MongoDb(String),
+}
+
+impl StoreLocation {
+    /// Parses `embedded` or a `mongodb://` / `mongodb+srv://` URL.
+    pub fn parse(text: &str) -> Result<StoreLocation, StoreError> {
+        match text {
+            "" | "embedded" => Ok(StoreLocation::Embedded),
+            url if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") => {
+                Ok(StoreLocation::MongoDb(url.to_owned()))
+            }
+            other => Err(StoreError::BadUrl {
+                url: mongo::redact(other),
+                reason: "expected `embedded` or mongodb://HOST:PORT/DB".into(),
+            }),
+        }
+    }
+}
+
 /// The inventory store the controller uses.
 #[derive(Clone)]
 pub enum Store {
@@ -276,6 +301,53 @@ impl Store {
         Ok(Store::Mongo(Arc::new(
             mongo::MongoStore::open(url, options).await?,
         )))
+    }
+
+    /// Opens the store `qs serve` was given. A MongoDB server that cannot be reached yet is
+    /// waited for (retried with backoff, each failure logged with the URL, password removed);
+    /// a malformed URL fails at once. Starts the health watcher that retries a degraded store
+    /// in the background, so it recovers without a request.
+    pub async fn open_for_serve(
+        location: &StoreLocation,
+        data_dir: &Path,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let store = match location {
+            StoreLocation::Embedded => Self::open_embedded_with(data_dir, options)?,
+            StoreLocation::MongoDb(url) => {
+                let store = Self::open_mongodb(url, options).await?;
+                let mut wait = std::time::Duration::from_millis(500);
+                loop {
+                    match store.health().await {
+                        Health::Ok => break,
+                        Health::Degraded { reason, .. } => {
+                            tracing::error!(store = %store.describe(), %reason, retry_in = ?wait, "cannot reach the MongoDB store; retrying");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                        }
+                    }
+                }
+                store
+            }
+        };
+        let watched = store.clone();
+        tokio::spawn(async move {
+            let mut last = Health::Ok;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let now = watched.health().await;
+                if now != last {
+                    match &now {
+                        Health::Ok => tracing::info!(store = %watched.describe(), "store recovered"),
+                        Health::Degraded { reason, .. } => {
+                            tracing::error!(store = %watched.describe(), %reason, "store degraded")
+                        }
+                    }
+                }
+                last = now;
+            }
+        });
+        Ok(store)
     }
 
     /// Where the store is, for messages (a MongoDB URL without its password).
