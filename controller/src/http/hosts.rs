@@ -181,6 +181,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_shared_by_two_hosts_names_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_hosts(dir.path()).await;
+        store
+            .put_inventory(
+                OTHER,
+                json!({"dmi": {"product_serial": "QSG-0001"},
+                       "interfaces": [{"name": "eth0", "address": "52:54:00:00:00:01"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(who(&store, "", "", "QSG-0001").await, None);
+        // A key that names one host still decides when an earlier one is shared.
+        assert_eq!(
+            who(&store, "52:54:00:00:00:01", "", "QSG-0001")
+                .await
+                .unwrap()
+                .mercury_id,
+            OTHER
+        );
+    }
+
+    #[tokio::test]
     async fn boot_mode_is_a_controller_owned_subdocument_that_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
