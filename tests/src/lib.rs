@@ -120,6 +120,71 @@ pub struct Controller {
     pub http: String,
 }
 
+/// The `--store` of controllers under test: with `QS_TEST_STORE=mongodb`, each data dir's
+/// inventory lives in its own database on a MongoDB-wire server (`QS_TEST_MONGODB_URI`, or
+/// tests/mongodb-server started once for this process; failing, never skipping, when it cannot
+/// start); unset or `embedded`: the embedded store in the data dir.
+pub fn test_store(data_dir: &Path) -> anyhow::Result<Option<String>> {
+    use std::hash::{Hash, Hasher};
+    match std::env::var("QS_TEST_STORE").as_deref() {
+        Err(_) | Ok("") | Ok("embedded") => Ok(None),
+        Ok("mongodb") => {
+            let uri = test_mongodb_uri()?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data_dir.hash(&mut h);
+            Ok(Some(format!(
+                "{}/qs_e2e_{}_{:016x}",
+                uri.trim_end_matches('/'),
+                std::process::id(),
+                h.finish()
+            )))
+        }
+        Ok(other) => bail!("QS_TEST_STORE={other:?}: expected embedded or mongodb"),
+    }
+}
+
+fn test_mongodb_uri() -> anyhow::Result<String> {
+    static URI: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    URI.get_or_init(|| {
+        if let Ok(uri) = std::env::var("QS_TEST_MONGODB_URI") {
+            return Ok(uri);
+        }
+        // The server is started from a thread that lives as long as the server, with a
+        // parent-death signal: it stops (and removes its data) when the test process ends.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let script = repo_root().join("tests/mongodb-server");
+            let spawned = std::process::Command::new("setpriv")
+                .arg("--pdeathsig=TERM")
+                .arg(&script)
+                .stdout(Stdio::piped())
+                .stderr(child_stderr())
+                .spawn();
+            let mut child = match spawned {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot start {}: {e}", script.display())));
+                    return;
+                }
+            };
+            let mut line = String::new();
+            if let Some(out) = child.stdout.take() {
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+            }
+            let _ = tx.send(if line.starts_with("mongodb://") {
+                Ok(line.trim().to_owned())
+            } else {
+                Err(format!("tests/mongodb-server printed {line:?}, not a URI"))
+            });
+            let _ = child.wait();
+        });
+        rx.recv_timeout(Duration::from_secs(600))
+            .unwrap_or_else(|_| Err("tests/mongodb-server printed no URI within 600 s".into()))
+    })
+    .clone()
+    .map_err(|e| anyhow!("no MongoDB-wire server for QS_TEST_STORE=mongodb: {e}"))
+}
+
 impl Controller {
     /// Starts `qs serve` on free loopback ports with `data_dir` and extra flags.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
@@ -133,11 +198,13 @@ impl Controller {
         http: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let store = test_store(data_dir)?;
         let mut child = Command::new(binary("qs")?)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--agents", agents, "--http", http])
+            .args(store.iter().flat_map(|url| ["--store", url.as_str()]))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(child_stderr())
