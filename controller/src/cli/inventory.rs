@@ -49,6 +49,27 @@ pub(super) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Count servers matching a MongoDB filter, e.g. '{"agent.online": true}'.
+    Count {
+        /// The filter document (JSON); all servers when left out.
+        filter: Option<String>,
+    },
+    /// The different values of a path, e.g. `dmi.bios_version`, among servers matching a filter.
+    Distinct {
+        /// The dotted path.
+        path: String,
+        /// The filter document (JSON); all servers when left out.
+        filter: Option<String>,
+        /// Print exact JSON instead of one value a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an aggregation pipeline ($match $project $unwind $group $sort $limit $skip $count),
+    /// e.g. '[{"$group": {"_id": "$dmi.bios_version", "hosts": {"$sum": 1}}}]'.
+    Aggregate {
+        /// The pipeline (a JSON array of stages).
+        pipeline: String,
+    },
     /// List a server's kept inventory versions: when, and what changed in a line.
     History {
         /// The server's MercuryId.
@@ -128,6 +149,9 @@ pub(super) async fn run(cmd: Cmd, api: ApiClient) -> anyhow::Result<()> {
             print!("{}", table::render(&headers, &rows));
             Ok(())
         }
+        Cmd::Count { filter } => count(&api, filter).await,
+        Cmd::Distinct { path, filter, json } => distinct(&api, path, filter, json).await,
+        Cmd::Aggregate { pipeline } => aggregate(&api, &pipeline).await,
         Cmd::History { mercury_id, json } => history(&api, &mercury_id, json).await,
         Cmd::Diff {
             mercury_id,
@@ -194,6 +218,61 @@ fn percent_encode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// `qs inventory count`: prints the number.
+async fn count(api: &ApiClient, filter: Option<String>) -> anyhow::Result<()> {
+    let filter = filter.map_or(Ok(json!({})), |f| parse_json("filter", &f))?;
+    let answer: Value = api
+        .post("inventory/count", &json!({"filter": filter}))
+        .await?;
+    let n = answer
+        .get("count")
+        .and_then(Value::as_u64)
+        .with_context(|| format!("controller's count reply has no count: {answer}"))?;
+    println!("{n}");
+    Ok(())
+}
+
+/// `qs inventory distinct`: one value a line (strings bare), or the JSON array.
+async fn distinct(
+    api: &ApiClient,
+    path: String,
+    filter: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let filter = filter.map_or(Ok(json!({})), |f| parse_json("filter", &f))?;
+    let answer: Value = api
+        .post(
+            "inventory/distinct",
+            &json!({"path": path, "filter": filter}),
+        )
+        .await?;
+    let values = answer
+        .get("values")
+        .and_then(Value::as_array)
+        .with_context(|| format!("controller's distinct reply has no values: {answer}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(values)?);
+        return Ok(());
+    }
+    for v in values {
+        match v {
+            Value::String(s) => println!("{s}"),
+            other => println!("{other}"),
+        }
+    }
+    Ok(())
+}
+
+/// `qs inventory aggregate`: prints the documents the pipeline produced as JSON.
+async fn aggregate(api: &ApiClient, pipeline: &str) -> anyhow::Result<()> {
+    let pipeline = parse_json("pipeline", pipeline)?;
+    let docs: Vec<Value> = api
+        .post("inventory/aggregate", &json!({"pipeline": pipeline}))
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&docs)?);
+    Ok(())
 }
 
 /// The projection's included paths (mercury_id first), or the default columns.
