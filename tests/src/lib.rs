@@ -198,7 +198,11 @@ impl Controller {
         http: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let store = test_store(data_dir)?;
+        // A test that names its store keeps it.
+        let store = match extra.contains(&"--store") {
+            true => None,
+            false => test_store(data_dir)?,
+        };
         let mut child = Command::new(binary("qs")?)
             .arg("serve")
             .arg("--data-dir")
