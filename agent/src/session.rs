@@ -85,6 +85,8 @@ pub trait SessionObserver: Send + Sync {
     /// The controller acknowledged a registration; `nth` counts them in this session from 1
     /// (more than one: the controller forgot the session and the agent registered again).
     fn registered(&self, _nth: u32) {}
+    /// A heartbeat was sent (echoes fewer than these: some went unanswered).
+    fn heartbeat_sent(&self) {}
     /// The controller echoed a heartbeat `rtt` after it was sent.
     fn heartbeat_echoed(&self, _rtt: Duration) {}
     /// A session ended (the next one is dialled after a backoff).
@@ -404,6 +406,9 @@ async fn serve(
                 }
                 let id = ids.next();
                 heartbeat_sent = Some((id, Instant::now()));
+                if let Some(observer) = &agent.observer {
+                    observer.heartbeat_sent();
+                }
                 send(outbox, Envelope::new(id, Body::Heartbeat(Heartbeat {}))).await?;
             }
             changed = slow.changed(), if slow_open && registering.is_none() => {

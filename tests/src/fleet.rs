@@ -113,6 +113,8 @@ pub struct AgentRecord {
     last_loss: Mutex<Option<String>>,
     /// Every heartbeat echo: when it arrived and how long it took.
     echoes: Arc<Mutex<Vec<(Instant, Duration)>>>,
+    /// When each heartbeat was sent, over the whole fleet.
+    heartbeats: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl AgentRecord {
@@ -154,6 +156,12 @@ impl SessionObserver for AgentRecord {
         self.registrations.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn heartbeat_sent(&self) {
+        if let Ok(mut sent) = self.heartbeats.lock() {
+            sent.push(Instant::now());
+        }
+    }
+
     fn heartbeat_echoed(&self, rtt: Duration) {
         if let Ok(mut echoes) = self.echoes.lock() {
             echoes.push((Instant::now(), rtt));
@@ -175,6 +183,7 @@ impl SessionObserver for AgentRecord {
 pub struct Fleet {
     records: Vec<Arc<AgentRecord>>,
     echoes: Arc<Mutex<Vec<(Instant, Duration)>>>,
+    heartbeats: Arc<Mutex<Vec<Instant>>>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
     /// When the first agent started dialling.
@@ -193,6 +202,7 @@ impl Fleet {
         let config =
             SessionConfig::new(endpoint, qs_proto::codec::DEFAULT_MAX_FRAME, reply_timeout)?;
         let echoes = Arc::new(Mutex::new(Vec::new()));
+        let heartbeats = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut records = Vec::with_capacity(servers.len());
@@ -201,6 +211,7 @@ impl Fleet {
         for (i, server) in servers.into_iter().enumerate() {
             let record = Arc::new(AgentRecord {
                 echoes: echoes.clone(),
+                heartbeats: heartbeats.clone(),
                 ..AgentRecord::default()
             });
             records.push(record.clone());
@@ -227,6 +238,7 @@ impl Fleet {
         Ok(Self {
             records,
             echoes,
+            heartbeats,
             stop,
             tasks,
             started,
@@ -249,6 +261,14 @@ impl Fleet {
     /// Every heartbeat echo so far: when it arrived and its round-trip time.
     pub fn echoes(&self) -> Vec<(Instant, Duration)> {
         self.echoes.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// When each heartbeat so far was sent.
+    pub fn heartbeats_sent(&self) -> Vec<Instant> {
+        self.heartbeats
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
     }
 
     /// Closes every session (the sockets drop) and waits for the agents' tasks to end.
