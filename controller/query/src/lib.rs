@@ -300,4 +300,86 @@ mod tests {
             assert!(Query::from_request(&body).is_err(), "{body}");
         }
     }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..3).prop_map(|n| json!(n)),
+            Just(json!(1.5)),
+            prop::sample::select(vec![
+                "$a", "$a.b", "a", "a.b", "a.0", "$$ROOT", "x", "", "$sum", "$first",
+            ])
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(4, 40, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "_id",
+                        "a",
+                        "b",
+                        "a.b",
+                        "0",
+                        "$match",
+                        "$project",
+                        "$unwind",
+                        "$group",
+                        "$sort",
+                        "$limit",
+                        "$skip",
+                        "$count",
+                        "$sum",
+                        "$avg",
+                        "$min",
+                        "$max",
+                        "$push",
+                        "$addToSet",
+                        "$first",
+                        "$last",
+                        "$literal",
+                        "path",
+                        "preserveNullAndEmptyArrays",
+                        "includeArrayIndex",
+                        "$gt",
+                        "$in",
+                        "$elemMatch",
+                        "$exists",
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn arbitrary_requests_over_arbitrary_documents_never_panic(
+            stages in proptest::collection::vec(arb_json(), 0..4),
+            spec in arb_json(),
+            docs in proptest::collection::vec(arb_json(), 0..4),
+        ) {
+            if let Ok(p) = Pipeline::parse(&Value::Array(stages)) {
+                let _ = p.run(docs.iter());
+            }
+            let body = json!({"filter": {"a": {"$exists": true}}, "projection": spec.clone(), "sort": spec.clone()});
+            if let Ok(q) = Query::from_request(&body) {
+                let _ = q.run(docs.iter());
+            }
+            if let Ok(d) = Distinct::new("a.0", &json!({})) {
+                let _ = d.run(docs.iter());
+            }
+            if let Ok(p) = Projection::parse_stage(&spec) {
+                for d in &docs {
+                    let _ = p.apply(d);
+                }
+            }
+        }
+    }
 }
