@@ -172,7 +172,16 @@ async fn main() -> anyhow::Result<()> {
     let steady_from = Instant::now();
     let cpu_steady_before = qs.cpu()?;
     let threads_steady_before = qs.threads()?;
+    let perf = if args.perf {
+        Some(start_perf(pid)?)
+    } else {
+        None
+    };
     tokio::time::sleep(args.steady).await;
+    let steady_fsyncs = match perf {
+        Some(perf) => Some(stop_perf(perf).await?),
+        None => None,
+    };
     let cpu_steady = qs.cpu()?.saturating_sub(cpu_steady_before);
     let threads_steady = qs.threads()?;
     let steady_sent = fleet
@@ -344,6 +353,12 @@ async fn main() -> anyhow::Result<()> {
         100.0 * cpu_steady.as_secs_f64() / args.steady.as_secs_f64(),
         cpu_steady.as_secs_f64() * 1e6 / (steady_echoes.len().max(1) as f64)
     );
+    if let Some((fsync, fdatasync)) = steady_fsyncs {
+        println!(
+            "steady: {fsync} fsync + {fdatasync} fdatasync calls ({:.2} per heartbeat)",
+            (fsync + fdatasync) as f64 / steady_echoes.len().max(1) as f64
+        );
+    }
     println!(
         "steady: busiest threads {}",
         threads(&busiest_threads(&threads_steady_before, &threads_steady, 5))
