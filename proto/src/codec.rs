@@ -109,17 +109,24 @@ pub fn decode(frame: &[u8], max_frame: usize) -> Result<Envelope, DecodeError> {
             limit: max_frame,
         });
     }
+    // Before anything walks the body: a frame of millions of tiny values is refused here.
+    if too_many_values(frame, DEFAULT_MAX_VALUES) {
+        return match quick_id(frame) {
+            Some(id) => Err(DecodeError::TooManyValues {
+                id,
+                limit: DEFAULT_MAX_VALUES,
+            }),
+            None => Err(DecodeError::Oversize {
+                len: frame.len(),
+                limit: max_frame,
+            }),
+        };
+    }
     let head: Head = from_slice(frame).map_err(DecodeError::Malformed)?;
     if head.v != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion {
             version: head.v,
             id: head.id,
-        });
-    }
-    if count_values(frame, DEFAULT_MAX_VALUES).is_none() {
-        return Err(DecodeError::TooManyValues {
-            id: head.id,
-            limit: DEFAULT_MAX_VALUES,
         });
     }
     from_slice(frame).map_err(|source| DecodeError::BadBody {
@@ -128,14 +135,21 @@ pub fn decode(frame: &[u8], max_frame: usize) -> Result<Envelope, DecodeError> {
     })
 }
 
-/// Counts the MessagePack values in `frame` without decoding or allocating for them. `None`
-/// when there are more than `limit`; a frame that is not well-formed is counted as far as it
-/// goes (the decoder then reports it).
-fn count_values(frame: &[u8], limit: usize) -> Option<usize> {
-    let mut rest = frame;
-    // Values still to read at each open level; a hostile announced length is only a number.
-    let mut pending: Vec<u64> = vec![1];
-    let mut count = 0usize;
+/// How a bounded walk over MessagePack values ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// Every value was read.
+    Done,
+    /// More values than the budget allowed.
+    OverBudget,
+    /// The bytes are not well-formed MessagePack (the decoder reports it).
+    Malformed,
+}
+
+/// Walks `values` consecutive MessagePack values (and everything inside them) from `rest`
+/// without decoding or allocating for them, spending one unit of `budget` per value. A hostile
+/// announced length is only a number here.
+fn skip_values(rest: &mut &[u8], values: u64, budget: &mut usize) -> Walk {
     let take = |rest: &mut &[u8], n: usize| -> Option<u64> {
         let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
         *rest = tail;
@@ -146,6 +160,8 @@ fn count_values(frame: &[u8], limit: usize) -> Option<usize> {
         *rest = rest.get(n..)?;
         Some(())
     };
+    // Values still to read at each open level.
+    let mut pending: Vec<u64> = vec![values];
     while let Some(top) = pending.last_mut() {
         if *top == 0 {
             pending.pop();
@@ -153,13 +169,13 @@ fn count_values(frame: &[u8], limit: usize) -> Option<usize> {
         }
         *top -= 1;
         let Some((&marker, tail)) = rest.split_first() else {
-            break;
+            return Walk::Malformed;
         };
-        rest = tail;
-        count += 1;
-        if count > limit {
-            return None;
+        *rest = tail;
+        if *budget == 0 {
+            return Walk::OverBudget;
         }
+        *budget -= 1;
         let ok = match marker {
             0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => Some(()),
             0x80..=0x8f => {
@@ -170,33 +186,80 @@ fn count_values(frame: &[u8], limit: usize) -> Option<usize> {
                 pending.push(u64::from(marker & 0x0f));
                 Some(())
             }
-            0xa0..=0xbf => skip(&mut rest, u64::from(marker & 0x1f)),
-            0xc4 | 0xd9 => take(&mut rest, 1).and_then(|n| skip(&mut rest, n)),
-            0xc5 | 0xda => take(&mut rest, 2).and_then(|n| skip(&mut rest, n)),
-            0xc6 | 0xdb => take(&mut rest, 4).and_then(|n| skip(&mut rest, n)),
-            0xc7 => take(&mut rest, 1).and_then(|n| skip(&mut rest, n + 1)),
-            0xc8 => take(&mut rest, 2).and_then(|n| skip(&mut rest, n + 1)),
-            0xc9 => take(&mut rest, 4).and_then(|n| skip(&mut rest, n + 1)),
-            0xca | 0xce | 0xd2 => skip(&mut rest, 4),
-            0xcb | 0xcf | 0xd3 => skip(&mut rest, 8),
-            0xcc | 0xd0 => skip(&mut rest, 1),
-            0xcd | 0xd1 => skip(&mut rest, 2),
-            0xd4 => skip(&mut rest, 2),
-            0xd5 => skip(&mut rest, 3),
-            0xd6 => skip(&mut rest, 5),
-            0xd7 => skip(&mut rest, 9),
-            0xd8 => skip(&mut rest, 17),
-            0xdc => take(&mut rest, 2).map(|n| pending.push(n)),
-            0xdd => take(&mut rest, 4).map(|n| pending.push(n)),
-            0xde => take(&mut rest, 2).map(|n| pending.push(2 * n)),
-            0xdf => take(&mut rest, 4).map(|n| pending.push(2 * n)),
+            0xa0..=0xbf => skip(rest, u64::from(marker & 0x1f)),
+            0xc4 | 0xd9 => take(rest, 1).and_then(|n| skip(rest, n)),
+            0xc5 | 0xda => take(rest, 2).and_then(|n| skip(rest, n)),
+            0xc6 | 0xdb => take(rest, 4).and_then(|n| skip(rest, n)),
+            0xc7 => take(rest, 1).and_then(|n| skip(rest, n + 1)),
+            0xc8 => take(rest, 2).and_then(|n| skip(rest, n + 1)),
+            0xc9 => take(rest, 4).and_then(|n| skip(rest, n + 1)),
+            0xca | 0xce | 0xd2 => skip(rest, 4),
+            0xcb | 0xcf | 0xd3 => skip(rest, 8),
+            0xcc | 0xd0 => skip(rest, 1),
+            0xcd | 0xd1 => skip(rest, 2),
+            0xd4 => skip(rest, 2),
+            0xd5 => skip(rest, 3),
+            0xd6 => skip(rest, 5),
+            0xd7 => skip(rest, 9),
+            0xd8 => skip(rest, 17),
+            0xdc => take(rest, 2).map(|n| pending.push(n)),
+            0xdd => take(rest, 4).map(|n| pending.push(n)),
+            0xde => take(rest, 2).map(|n| pending.push(2 * n)),
+            0xdf => take(rest, 4).map(|n| pending.push(2 * n)),
             0xc1 => None,
         };
         if ok.is_none() {
-            break;
+            return Walk::Malformed;
         }
     }
-    Some(count)
+    Walk::Done
+}
+
+/// Whether `frame` holds more than `limit` values (counted without decoding them).
+fn too_many_values(frame: &[u8], limit: usize) -> bool {
+    let mut rest = frame;
+    let mut budget = limit;
+    skip_values(&mut rest, 1, &mut budget) == Walk::OverBudget
+}
+
+/// The envelope's `id`, read without walking its body (which may be huge): the encoder
+/// writes `v` and `id` before `body`.
+fn quick_id(frame: &[u8]) -> Option<MessageId> {
+    let (&marker, mut rest) = frame.split_first()?;
+    let fields = match marker {
+        0x80..=0x8f => u64::from(marker & 0x0f),
+        _ => return None,
+    };
+    for _ in 0..fields {
+        let (&key_marker, tail) = rest.split_first()?;
+        let key_len = match key_marker {
+            0xa0..=0xbf => usize::from(key_marker & 0x1f),
+            _ => return None,
+        };
+        let key = tail.get(..key_len)?;
+        rest = tail.get(key_len..)?;
+        if key == b"id" {
+            let (&m, tail) = rest.split_first()?;
+            let width = match m {
+                0x00..=0x7f => return Some(MessageId(u64::from(m))),
+                0xcc => 1,
+                0xcd => 2,
+                0xce => 4,
+                0xcf => 8,
+                _ => return None,
+            };
+            let bytes = tail.get(..width)?;
+            return Some(MessageId(
+                bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+            ));
+        }
+        // Small fields only (v, re) may come before the id.
+        let mut budget = 16;
+        if skip_values(&mut rest, 1, &mut budget) != Walk::Done {
+            return None;
+        }
+    }
+    None
 }
 
 fn from_slice<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
@@ -433,7 +496,8 @@ mod tests {
         // A real message is far below the limit.
         for body in every_body() {
             let bytes = encode(&Envelope::new(MessageId(1), body)).unwrap();
-            assert!(count_values(&bytes, DEFAULT_MAX_VALUES).is_some());
+            assert!(!too_many_values(&bytes, DEFAULT_MAX_VALUES));
+            assert_eq!(quick_id(&bytes), Some(MessageId(1)));
         }
     }
 
@@ -441,11 +505,23 @@ mod tests {
     fn value_counts_match_what_serde_sees() {
         let doc = serde_json::json!({"a": [1, -2, 3.5, "x", null, true, {"b": []}], "c": "y".repeat(300)});
         let bytes = rmp_serde::to_vec_named(&doc).unwrap();
-        // map(2) + "a" + array(7) + 7 items + "b" + [] + "c" + string
-        assert_eq!(count_values(&bytes, usize::MAX), Some(14));
-        // A hostile announced length is a number, not an allocation.
+        // map(2) + "a" + array(7) + 7 items + "b" + [] + "c" + string = 14 values.
+        let walk = |limit: usize| {
+            let mut rest = bytes.as_slice();
+            let mut budget = limit;
+            skip_values(&mut rest, 1, &mut budget)
+        };
+        assert_eq!(walk(14), Walk::Done);
+        assert_eq!(walk(13), Walk::OverBudget);
+        // A hostile announced length is a number, not an allocation: the bytes run out first.
         let huge = [0xdd, 0xff, 0xff, 0xff, 0xff, 0x00];
-        assert_eq!(count_values(&huge, 100), Some(2));
+        assert!(!too_many_values(&huge, 100));
+        let ids = [0u64, 127, 128, 65_535, 1 << 40];
+        for id in ids {
+            let bytes =
+                encode(&Envelope::new(MessageId(id), Body::Heartbeat(Heartbeat {}))).unwrap();
+            assert_eq!(quick_id(&bytes), Some(MessageId(id)));
+        }
     }
 
     fn valid_frames() -> Vec<Vec<u8>> {
