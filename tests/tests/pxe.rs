@@ -380,6 +380,15 @@ async fn a_server_network_boots_the_image_registers_and_then_boots_locally() {
         Err(e) => panic!("{e:#}\nconsole:\n{}", console.tail(60)),
     };
 
+    // /init says so too (its console line can trail the controller's record a little).
+    wait_until(
+        "the console says the agent registered",
+        Duration::from_secs(60),
+        || async { Ok(console.find("agent registered with", Duration::ZERO)) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nconsole:\n{}", console.tail(40)));
+
     // Where the time went, from the console (iPXE's lines, then /init's).
     let zero = Duration::ZERO;
     let marks = [
