@@ -130,7 +130,8 @@ async fn deeply_nested_deltas_are_refused_and_the_store_reopens() {
     let mut controller = Controller::start(data.path(), FAST).await.unwrap();
     let mut peer = Peer::connect(&controller, &peer_id(1)).await;
     peer.register(json!({"a": 1})).await;
-    for round in 0..20u64 {
+    // Ten refusals in a row: each answered, then the peer is disconnected for persisting.
+    for round in 0..10u64 {
         // Forty levels a delta: past the stored-document limit (32), within what the decoder
         // reads (64), so the refusal is the controller's document check.
         let mut nested = json!(round);
@@ -154,7 +155,12 @@ async fn deeply_nested_deltas_are_refused_and_the_store_reopens() {
         );
     }
     assert!(controller.is_running());
-    assert_eq!(counter(&controller, "documents_refused").await, 20);
+    assert_eq!(counter(&controller, "documents_refused").await, 10);
+    wait_until("the persistent peer disconnected", WAIT, || async {
+        Ok((counter(&controller, "peers_disconnected").await == 1).then_some(()))
+    })
+    .await
+    .unwrap();
     let (_, doc) = controller
         .get(&format!("/api/v1/inventory/{}", peer_id(1)))
         .await

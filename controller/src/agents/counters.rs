@@ -37,6 +37,8 @@ pub struct Counters {
     pub documents_refused: AtomicU64,
     /// Store transactions the ingest worker committed (each holds many agents' changes).
     pub ingest_batches: AtomicU64,
+    /// Peers disconnected because every recent message they sent was refused.
+    pub peers_disconnected: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`], as the API reports it.
@@ -72,6 +74,8 @@ pub struct CountersSnapshot {
     pub documents_refused: u64,
     /// See [`Counters::ingest_batches`].
     pub ingest_batches: u64,
+    /// See [`Counters::peers_disconnected`].
+    pub peers_disconnected: u64,
 }
 
 impl Counters {
@@ -99,6 +103,7 @@ impl Counters {
             late_replies: get(&self.late_replies),
             documents_refused: get(&self.documents_refused),
             ingest_batches: get(&self.ingest_batches),
+            peers_disconnected: get(&self.peers_disconnected),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! with the size limit; one that does not decode is counted, logged, and answered with an
 //! error whenever its message id could be read.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qs_proto::codec::{self, DecodeError};
@@ -22,7 +23,11 @@ use super::counters::Counters;
 use super::dispatcher::{Dispatcher, Reply};
 use super::ingest::{Change, Ingest, IngestError};
 use super::registry::{encode_record, AgentRecord, Registry};
-use super::transport::{Connection, Handler};
+use super::transport::{Connection, ConnectionId, Handler};
+
+/// Refused messages in a row after which a peer is disconnected: an agent with a bug gets its
+/// errors answered, a peer that only sends garbage does not keep a session busy.
+pub const MAX_STRIKES: u32 = 10;
 
 /// Settings of the protocol handler.
 #[derive(Debug, Clone)]
@@ -40,6 +45,8 @@ pub struct AgentProtocol {
     registry: Arc<Registry>,
     ingest: Arc<Ingest>,
     dispatcher: Arc<Dispatcher>,
+    /// Refused messages in a row, per connection.
+    strikes: Mutex<HashMap<ConnectionId, u32>>,
 }
 
 impl AgentProtocol {
@@ -57,6 +64,29 @@ impl AgentProtocol {
             registry,
             ingest,
             dispatcher,
+            strikes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records whether the connection's last message was refused; a peer refused
+    /// [`MAX_STRIKES`] times in a row is disconnected.
+    fn judge(&self, conn: &Connection, refused: bool) {
+        let mut strikes = self
+            .strikes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !refused {
+            strikes.remove(&conn.id());
+            return;
+        }
+        let n = strikes.entry(conn.id()).or_insert(0);
+        *n += 1;
+        if *n >= MAX_STRIKES {
+            strikes.remove(&conn.id());
+            drop(strikes);
+            Counters::bump(&self.counters.peers_disconnected);
+            warn!(peer = %conn.peer(), mercury_id = %conn.identity(), strikes = MAX_STRIKES, "peer disconnected: every recent message was refused");
+            conn.close();
         }
     }
 
@@ -71,7 +101,8 @@ impl AgentProtocol {
         Counters::bump(counter);
     }
 
-    async fn handle(&self, conn: &Arc<Connection>, env: Envelope) {
+    /// Handles one message; true when it was refused as the peer's mistake.
+    async fn handle(&self, conn: &Arc<Connection>, env: Envelope) -> bool {
         match env.body {
             Body::Register(register) => self.on_register(conn, env.id, register).await,
             Body::Heartbeat(_) => {
@@ -86,37 +117,43 @@ impl AgentProtocol {
                     debug!(mercury_id = %conn.identity(), "heartbeat without a session: asking to register");
                     self.refuse_unregistered(conn, env.id).await;
                 }
+                false
             }
             Body::InventoryUpdate(update) => {
                 if self.registry.inventory_version(conn).is_none() {
                     self.refuse_unregistered(conn, env.id).await;
-                    return;
+                    return false;
                 }
                 let change = Change::Replace {
                     inventory: update.inventory,
                 };
-                if self.ingest(conn, env.id, change).await {
+                let stored = self.ingest(conn, env.id, change).await;
+                if stored == Stored::Yes {
                     self.registry.set_inventory_version(conn, update.version);
                     self.registry.seen(conn);
                     Counters::bump(&self.counters.inventory_updates);
                     info!(mercury_id = %conn.identity(), version = update.version, "inventory updated");
                 }
+                stored == Stored::Refused
             }
             Body::InventoryDelta(delta) => self.on_delta(conn, env.id, delta).await,
             Body::CallProgress(progress) => {
                 self.registry.seen(conn);
                 self.dispatcher
                     .on_progress(conn.identity(), env.re, progress);
+                false
             }
             Body::CallResult(result) => {
                 self.registry.seen(conn);
                 self.dispatcher
                     .on_reply(conn.identity(), env.re, Reply::Outcome(result.outcome));
+                false
             }
             Body::Error(error) => {
                 warn!(mercury_id = %conn.identity(), re = ?env.re, code = ?error.code, message = %error.message, "agent reported an error");
                 self.dispatcher
                     .on_reply(conn.identity(), env.re, Reply::Refused(error));
+                false
             }
             Body::Registered(_) | Body::CapabilityCall(_) => {
                 Counters::bump(&self.counters.refused);
@@ -127,11 +164,17 @@ impl AgentProtocol {
                     format!("{} is not sent to the controller", env.body.kind()),
                 )
                 .await;
+                true
             }
         }
     }
 
-    async fn on_register(&self, conn: &Arc<Connection>, msg_id: MessageId, register: Register) {
+    async fn on_register(
+        &self,
+        conn: &Arc<Connection>,
+        msg_id: MessageId,
+        register: Register,
+    ) -> bool {
         if &register.mercury_id != conn.identity() {
             Counters::bump(&self.counters.refused);
             warn!(routing_id = %conn.identity(), claimed = %register.mercury_id, "register names another MercuryId");
@@ -142,7 +185,7 @@ impl AgentProtocol {
                 "mercury_id differs from the routing id".into(),
             )
             .await;
-            return;
+            return true;
         }
         let now = OffsetDateTime::now_utc();
         let record = AgentRecord {
@@ -162,7 +205,7 @@ impl AgentProtocol {
             Err(error) => {
                 self.internal_error(conn, msg_id, qs_proto::ErrorReport::from_error(&error))
                     .await;
-                return;
+                return false;
             }
         };
         let change = Change::Register {
@@ -170,8 +213,10 @@ impl AgentProtocol {
             agent,
         };
         // The store first, then memory: a session exists only once its record is stored.
-        if !self.ingest(conn, msg_id, change).await {
-            return;
+        match self.ingest(conn, msg_id, change).await {
+            Stored::Yes => {}
+            Stored::Refused => return true,
+            Stored::Failed => return false,
         }
         self.registry
             .start_session(conn, record, register.inventory_version);
@@ -186,14 +231,20 @@ impl AgentProtocol {
             }),
         );
         self.send(conn, &reply).await;
+        false
     }
 
     /// Applies an inventory delta if it was made against the version stored for this session;
     /// otherwise asks for the whole inventory.
-    async fn on_delta(&self, conn: &Arc<Connection>, msg_id: MessageId, delta: InventoryDelta) {
+    async fn on_delta(
+        &self,
+        conn: &Arc<Connection>,
+        msg_id: MessageId,
+        delta: InventoryDelta,
+    ) -> bool {
         let Some(have) = self.registry.inventory_version(conn) else {
             self.refuse_unregistered(conn, msg_id).await;
-            return;
+            return false;
         };
         if have != delta.base {
             Counters::bump(&self.counters.refused);
@@ -203,25 +254,26 @@ impl AgentProtocol {
             );
             self.reply_error(conn, msg_id, ErrorCode::StaleBase, message)
                 .await;
-            return;
+            return false;
         }
         let operations = delta.patch.0.len();
-        if self
+        let stored = self
             .ingest(conn, msg_id, Change::Patch { patch: delta.patch })
-            .await
-        {
+            .await;
+        if stored == Stored::Yes {
             self.registry.set_inventory_version(conn, delta.version);
             self.registry.seen(conn);
             Counters::bump(&self.counters.inventory_deltas);
             info!(mercury_id = %conn.identity(), version = delta.version, operations, "inventory delta applied");
         }
+        stored == Stored::Refused
     }
 
-    /// Submits a change and answers a refusal; true when it was stored.
-    async fn ingest(&self, conn: &Arc<Connection>, msg_id: MessageId, change: Change) -> bool {
+    /// Submits a change and answers a refusal.
+    async fn ingest(&self, conn: &Arc<Connection>, msg_id: MessageId, change: Change) -> Stored {
         let is_patch = matches!(change, Change::Patch { .. });
         match self.ingest.submit(conn.identity(), change).await {
-            Ok(_) => true,
+            Ok(_) => Stored::Yes,
             Err(error) if error.is_callers() => {
                 Counters::bump(&self.counters.documents_refused);
                 warn!(mercury_id = %conn.identity(), peer = %conn.peer(), error = %qs_proto::ErrorReport::from_error(&error), "inventory refused");
@@ -233,12 +285,12 @@ impl AgentProtocol {
                 };
                 let message = qs_proto::ErrorReport::from_error(&error).to_string();
                 self.reply_error(conn, msg_id, code, message).await;
-                false
+                Stored::Refused
             }
             Err(error) => {
                 self.internal_error(conn, msg_id, qs_proto::ErrorReport::from_error(&error))
                     .await;
-                false
+                Stored::Failed
             }
         }
     }
@@ -288,6 +340,17 @@ impl AgentProtocol {
     }
 }
 
+/// What became of an inventory change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Committed.
+    Yes,
+    /// Refused as the peer's mistake.
+    Refused,
+    /// The controller failed (the store); not the peer's fault.
+    Failed,
+}
+
 /// A session number unique across controller processes: the epoch, then the connection.
 fn session_number(epoch: u32, conn: &Connection) -> u64 {
     (u64::from(epoch) << 32) | (conn.id().0 & 0xffff_ffff)
@@ -307,20 +370,27 @@ impl Handler for AgentProtocol {
                     };
                     self.reply_error(conn, re, code, error.to_string()).await;
                 }
+                self.judge(conn, true);
                 return;
             }
         };
         drop(payload);
         Counters::bump(&self.counters.messages);
-        self.handle(conn, env).await;
+        let refused = self.handle(conn, env).await;
+        self.judge(conn, refused);
     }
 
     fn on_multipart(&self, conn: &Arc<Connection>) {
         Counters::bump(&self.counters.malformed_frames);
         warn!(peer = %conn.peer(), mercury_id = %conn.identity(), "message with more than one frame dropped");
+        self.judge(conn, true);
     }
 
     fn on_disconnect(&self, conn: &Arc<Connection>) {
+        self.strikes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&conn.id());
         self.dispatcher.on_disconnect(conn);
         self.registry.end_session(&conn.id(), conn.identity());
     }
@@ -438,6 +508,37 @@ mod tests {
             version,
             patch: serde_json::from_value(patch).unwrap(),
         })
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_every_message_is_refused_is_disconnected() {
+        let rig = rig();
+        let (c, mut rx) = conn(1);
+        for n in 0..MAX_STRIKES - 1 {
+            rig.protocol
+                .on_message(&c, b"\xc1 not msgpack".to_vec())
+                .await;
+            assert!(!c.is_closed(), "closed after {} refusals", n + 1);
+        }
+        // One good message resets the count.
+        send(&rig, &c, 1, register(json!({"n": 1}), 1)).await;
+        assert!(matches!(reply(&mut rx).await.body, Body::Registered(_)));
+        for _ in 0..MAX_STRIKES - 1 {
+            send(
+                &rig,
+                &c,
+                2,
+                Body::CapabilityCall(qs_proto::CapabilityCall {
+                    capability: "x".into(),
+                    args: json!({}),
+                }),
+            )
+            .await;
+        }
+        assert!(!c.is_closed());
+        rig.protocol.on_message(&c, b"\xc1".to_vec()).await;
+        assert!(c.is_closed());
+        assert_eq!(rig.counters.snapshot().peers_disconnected, 1);
     }
 
     #[tokio::test]
