@@ -77,7 +77,11 @@ impl QueryGate {
                 )
             })?
             .map_err(|_| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "shutting down")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "shutting down",
+                )
             })?;
         let running = tokio::spawn(async move {
             let answer = query.await;

@@ -99,7 +99,9 @@ mod tests {
             shutdown.clone(),
         ));
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
         ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
@@ -109,7 +111,8 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         // The slow client is disconnected by the server, well before this test's own bound.
         let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
         assert!(closed.is_ok(), "half-sent headers kept the connection open");
         shutdown.cancel();
         server.await.unwrap();

@@ -87,10 +87,19 @@ async fn main() -> anyhow::Result<()> {
 
     let data = tempfile::tempdir()?;
     let hb = humantime::format_duration(args.heartbeat_interval).to_string();
+    let per_source = (args.agents * 2).to_string();
     let ht = humantime::format_duration(args.heartbeat_timeout).to_string();
     let controller = Controller::start(
         data.path(),
-        &["--heartbeat-interval", &hb, "--heartbeat-timeout", &ht],
+        &[
+            "--heartbeat-interval",
+            &hb,
+            "--heartbeat-timeout",
+            &ht,
+            // Every simulated agent dials from 127.0.0.1.
+            "--max-connections-per-source",
+            &per_source,
+        ],
     )
     .await?;
     let pid = controller.pid().context("qs serve has no pid")?;
