@@ -69,6 +69,10 @@ enum Cmd {
         /// The controller's agent endpoint.
         #[arg(long, env = "QS_CONTROLLER")]
         controller: String,
+        /// The controller's public key (base64, its `controller.pub`); the agent refuses a
+        /// controller that does not hold it.
+        #[arg(long, env = "QS_SERVER_KEY")]
+        server_key: qs_noise::PublicKey,
         /// Read the machine under this directory instead of `/`.
         #[arg(long, default_value = "/")]
         root: PathBuf,
@@ -158,12 +162,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Run {
             controller,
+            server_key,
             root,
             max_frame,
             reply_timeout,
             lldp,
         } => {
-            let config = session::SessionConfig::new(&controller, max_frame, reply_timeout)?;
+            let config =
+                session::SessionConfig::new(&controller, server_key, max_frame, reply_timeout)?;
             let lldp = (lldp > 0).then(|| Duration::from_secs(lldp));
             session::run(config, sysroot(root), lldp).await
         }

@@ -1,11 +1,17 @@
 //! The agent's connection to the controller.
 //!
-//! The agent dials out (DEALER, routing id = MercuryId), registers with its full inventory,
+//! The agent dials out (DEALER, routing id = MercuryId), authenticates (a Noise `IK` handshake
+//! with the controller's pinned key, `qs-noise`), registers with its full inventory,
 //! heartbeats at the interval the controller asks for, and serves capability calls. Anything
 //! from the controller counts as a sign of life; when nothing arrives for three heartbeat
 //! intervals (or a reply times out), the session is dropped and a new one is dialled with
 //! exponential backoff. A controller that restarted answers the first heartbeat with
 //! `not_registered`, and the agent registers again on the same connection.
+//!
+//! Every message after the handshake is sealed (encrypted and authenticated). A controller that
+//! does not hold the key given with `--server-key` cannot complete the handshake: the agent
+//! refuses it, says so, and dials again later. The agent's own key pair is made at start and
+//! lives as long as the process (a boot, for the boot image).
 //!
 //! [`run`] is `qs-agent run`: it inspects the machine, starts the background inspections and
 //! serves the controller with [`serve_controller`]. Simulated fleets (the boot-storm bench)
@@ -21,6 +27,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use qs_capabilities::{CapabilityError, Registry};
 use qs_inspectors::SysRoot;
+use qs_noise::{Initiator, KeyPair, PublicKey};
 use qs_proto::codec::{self, DecodeError};
 use qs_proto::inventory::Inventory;
 use qs_proto::{
@@ -52,13 +59,20 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     endpoint: String,
+    server_key: PublicKey,
     max_frame: usize,
     reply_timeout: Duration,
 }
 
 impl SessionConfig {
-    /// Checks the controller endpoint (`tcp://HOST:PORT`) and keeps the rest.
-    pub fn new(endpoint: &str, max_frame: usize, reply_timeout: Duration) -> anyhow::Result<Self> {
+    /// Checks the controller endpoint (`tcp://HOST:PORT`) and keeps the rest; `server_key` is
+    /// the controller's public key (its `controller.pub`), the only one the agent accepts.
+    pub fn new(
+        endpoint: &str,
+        server_key: PublicKey,
+        max_frame: usize,
+        reply_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let Some(rest) = endpoint.strip_prefix("tcp://") else {
             bail!("--controller must look like tcp://HOST:PORT, got {endpoint:?}");
         };
@@ -73,6 +87,7 @@ impl SessionConfig {
         }
         Ok(Self {
             endpoint: endpoint.to_owned(),
+            server_key,
             max_frame,
             reply_timeout,
         })
@@ -96,6 +111,8 @@ pub trait SessionObserver: Send + Sync {
 /// Who the agent is and what it offers: shared by the session loop and the tasks serving calls.
 pub struct Agent {
     id: MercuryId,
+    /// This agent's key pair for the Noise handshake, made when the agent starts.
+    key: KeyPair,
     capabilities: Registry,
     boot_id: String,
     /// The inventory last sent to the controller.
@@ -111,18 +128,21 @@ pub struct Agent {
 
 impl Agent {
     /// An agent known as `id` that registers with `inventory` (its `mercury_id` is set to `id`)
-    /// and serves `capabilities`; without updates it never sends another inventory.
+    /// and serves `capabilities`; without updates it never sends another inventory. It makes
+    /// a fresh key pair (which fails only without a random source).
     pub fn new(
         id: MercuryId,
         mut inventory: Value,
         capabilities: Registry,
         boot_id: String,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         if let Some(map) = inventory.as_object_mut() {
             map.insert("mercury_id".into(), id.to_string().into());
         }
-        Self {
+        let key = KeyPair::generate().context("cannot make the agent's key pair")?;
+        Ok(Self {
             id,
+            key,
             capabilities,
             boot_id,
             inventory: Mutex::new(SentInventory::new(inventory)),
@@ -130,7 +150,7 @@ impl Agent {
             lldp: watch::channel(None).1,
             slow: watch::channel(None).1,
             observer: None,
-        }
+        })
     }
 
     /// Sends each full inventory published on `inventories` (re-inspections) as an update.
@@ -154,6 +174,11 @@ impl Agent {
     /// The MercuryId it registers with.
     pub fn id(&self) -> &MercuryId {
         &self.id
+    }
+
+    /// Its public key, which the controller sees in the handshake.
+    pub fn public_key(&self) -> &PublicKey {
+        self.key.public()
     }
 }
 
@@ -196,7 +221,7 @@ pub async fn run(
         inventory,
         Registry::standard(root.clone()),
         identity::boot_id(&root),
-    )
+    )?
     .with_lldp(reinspection::spawn_lldp_listener(
         root.clone(),
         lldp_window,
@@ -312,11 +337,34 @@ async fn connect_and_serve(
         .connect(&config.endpoint)
         .await
         .with_context(|| format!("cannot connect to {}", config.endpoint))?;
-    let (mut send_half, mut recv_half) = socket.split();
+    let (initiator, first) = Initiator::new(&agent.key, &config.server_key)?;
+    socket
+        .send(ZmqMessage::from(Bytes::from(first)))
+        .await
+        .context("cannot send the handshake")?;
+    let reply = tokio::time::timeout(config.reply_timeout, socket.recv())
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the controller did not complete the handshake within {:?}: does it hold the key given with --server-key?",
+                config.reply_timeout
+            )
+        })?
+        .context("the controller closed the connection during the handshake: does it hold the key given with --server-key?")?;
+    let reply = reply.get(0).cloned().unwrap_or_default();
+    let session = initiator.finish(&reply).map_err(|error| {
+        anyhow!("refusing the controller at {}: its handshake is not made with the key given with --server-key ({error})", config.endpoint)
+    })?;
+    info!(controller = %config.endpoint, "controller authenticated");
+    let (mut sealer, opener) = session.split();
+    let (mut send_half, recv_half) = socket.split();
     let (outbox, mut outbox_rx) = mpsc::channel::<Envelope>(256);
     let writer = tokio::spawn(async move {
         while let Some(env) = outbox_rx.recv().await {
-            match codec::encode(&env) {
+            let sealed = codec::encode(&env)
+                .map_err(anyhow::Error::from)
+                .and_then(|frame| sealer.seal(&frame).map_err(anyhow::Error::from));
+            match sealed {
                 Ok(frame) => {
                     if let Err(error) = send_half.send(ZmqMessage::from(Bytes::from(frame))).await {
                         debug!(error = %error, "send to controller failed");
@@ -327,9 +375,19 @@ async fn connect_and_serve(
             }
         }
     });
-    let end = serve(agent, config, &mut recv_half, &outbox, registrations).await;
+    let mut recv = Receiver {
+        half: recv_half,
+        opener,
+    };
+    let end = serve(agent, config, &mut recv, &outbox, registrations).await;
     writer.abort();
     end
+}
+
+/// The receiving half of a session: ZeroMQ messages, opened.
+struct Receiver {
+    half: zeromq::DealerRecvHalf,
+    opener: qs_noise::Opener,
 }
 
 async fn send(outbox: &mpsc::Sender<Envelope>, env: Envelope) -> anyhow::Result<()> {
@@ -375,7 +433,7 @@ fn image_id() -> Option<String> {
 async fn serve(
     agent: &Arc<Agent>,
     config: &SessionConfig,
-    recv: &mut zeromq::DealerRecvHalf,
+    recv: &mut Receiver,
     outbox: &mpsc::Sender<Envelope>,
     registrations: &mut u32,
 ) -> anyhow::Result<Lost> {
@@ -438,12 +496,18 @@ async fn serve(
                     }
                 }
             }
-            message = recv.recv() => {
+            message = recv.half.recv() => {
                 let message = match message {
                     Ok(m) => m,
                     Err(error) => return Ok(Lost::Reason(format!("receive failed: {error}"))),
                 };
-                let Some(frame) = message.get(0).cloned() else { continue };
+                let Some(sealed) = message.get(0).cloned() else { continue };
+                // Anything that does not authenticate ends the session: the stream is not the
+                // controller's any more (or a bit flipped), and nonces would not line up again.
+                let frame = match recv.opener.open(&sealed, config.max_frame) {
+                    Ok(frame) => frame,
+                    Err(error) => return Ok(Lost::Reason(format!("message from the controller refused: {error}"))),
+                };
                 let env = match codec::decode(&frame, config.max_frame) {
                     Ok(env) => env,
                     Err(error) => {

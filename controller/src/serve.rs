@@ -228,6 +228,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot open the store ({})", describe_store(&config)))?;
     raise_open_file_limit();
+    // Agents pin its public half (`controller.pub`): created once, kept across restarts.
+    let server_key = Arc::new(
+        qs_noise::keyfile::load_or_create(&config.data_dir)
+            .context("cannot load or create the controller's key pair")?,
+    );
     let epoch = store
         .next_epoch()
         .await
@@ -273,7 +278,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for agents on {}", config.agents))?;
     let agents_addr = agent_listener.local_addr()?;
-    let boot = boot_routes(&config, agents_addr.port(), store.clone());
+    let boot = boot_routes(
+        &config,
+        agents_addr.port(),
+        store.clone(),
+        server_key.public(),
+    );
     let http_listener = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
@@ -287,6 +297,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             idle_timeout: config.heartbeat_timeout,
             max_connections: config.max_connections,
             max_connections_per_source: config.max_connections_per_source,
+            key: server_key.clone(),
         },
         counters.clone(),
         protocol,
@@ -304,9 +315,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     // The first stdout line is for scripts and tests: the addresses actually bound.
     println!(
         "{}",
-        serde_json::json!({"agents": format!("tcp://{agents_addr}"), "http": format!("http://{http_addr}")})
+        serde_json::json!({"agents": format!("tcp://{agents_addr}"), "http": format!("http://{http_addr}"), "server_key": server_key.public().to_string()})
     );
-    info!(agents = %agents_addr, http = %http_addr, data_dir = %config.data_dir.display(), epoch, name = %config.name, "controller listening");
+    info!(agents = %agents_addr, http = %http_addr, data_dir = %config.data_dir.display(), epoch, name = %config.name, server_key = %server_key.public(), "controller listening");
 
     let mut tasks = JoinSet::new();
     tasks.spawn(transport.run(shutdown.clone()));
@@ -328,7 +339,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         });
     }
     let _local_agent = if config.local_agent {
-        Some(spawn_local_agent(agents_addr)?)
+        Some(spawn_local_agent(agents_addr, server_key.public())?)
     } else {
         None
     };
@@ -362,13 +373,17 @@ async fn sweep_loop(registry: Arc<Registry>, timeout: Duration, shutdown: Cancel
     }
 }
 
-fn spawn_local_agent(agents: SocketAddr) -> anyhow::Result<tokio::process::Child> {
+fn spawn_local_agent(
+    agents: SocketAddr,
+    server_key: &qs_noise::PublicKey,
+) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("cannot find the qs executable")?;
     let agent = exe.with_file_name("qs-agent");
     let endpoint = format!("tcp://127.0.0.1:{}", agents.port());
     info!(agent = %agent.display(), controller = %endpoint, "starting a local agent");
     tokio::process::Command::new(&agent)
         .args(["run", "--controller", &endpoint])
+        .env("QS_SERVER_KEY", server_key.to_string())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -388,7 +403,12 @@ fn boot_dir(flag: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// The boot image routes (unauthenticated: firmware cannot send tokens), or none, said at start.
-fn boot_routes(config: &ServeConfig, agent_port: u16, store: Store) -> axum::Router {
+fn boot_routes(
+    config: &ServeConfig,
+    agent_port: u16,
+    store: Store,
+    server_key: &qs_noise::PublicKey,
+) -> axum::Router {
     let Some(dir) = &config.boot_dir else {
         info!("no boot serving: no --boot-dir, and no images/out with a kernel beside this build");
         return axum::Router::new();
@@ -398,6 +418,7 @@ fn boot_routes(config: &ServeConfig, agent_port: u16, store: Store) -> axum::Rou
         dir: dir.clone(),
         agent_port,
         advertise: config.advertise.clone(),
+        server_key: Some(server_key.to_string()),
     };
     qs_boot::router(boot, crate::http::hosts::StoreHosts::new(store))
 }

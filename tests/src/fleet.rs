@@ -199,8 +199,12 @@ impl Fleet {
         spread: Duration,
         reply_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let config =
-            SessionConfig::new(endpoint, qs_proto::codec::DEFAULT_MAX_FRAME, reply_timeout)?;
+        let config = SessionConfig::new(
+            endpoint,
+            crate::server_key(endpoint)?.parse()?,
+            qs_proto::codec::DEFAULT_MAX_FRAME,
+            reply_timeout,
+        )?;
         let echoes = Arc::new(Mutex::new(Vec::new()));
         let heartbeats = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
@@ -221,7 +225,7 @@ impl Fleet {
                 server.inventory,
                 Registry::standard(root),
                 format!("simulated-{i}"),
-            )
+            )?
             .with_observer(record.clone());
             let config = config.clone();
             let stop = stop.clone();

@@ -7,9 +7,18 @@
 //!
 //! [`fleet`] runs many simulated agents in one process (the real session code); benches read
 //! what the controller uses through [`process_usage`].
+//!
+//! Agents must pin their controller's public key: the harness reads `controller.pub` from the
+//! data dir of every controller it starts and passes it to every agent (and simulated fleet)
+//! dialling that controller's endpoint ([`server_key`]). [`secure_peer`] drives a session by
+//! hand.
 
 pub mod fleet;
 pub mod process_usage;
+pub mod secure_peer;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +38,39 @@ fn child_stderr() -> Stdio {
     } else {
         Stdio::null()
     }
+}
+
+/// Controller public keys by agent endpoint (`tcp://HOST:PORT`), for the agents the harness
+/// starts.
+static SERVER_KEYS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+
+fn remember_server_key(endpoint: &str, key: String) {
+    let mut keys = SERVER_KEYS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    keys.get_or_insert_with(HashMap::new)
+        .insert(endpoint.to_owned(), key);
+}
+
+/// The public key (base64) of the controller serving `endpoint`, as read from its data dir.
+pub fn server_key(endpoint: &str) -> anyhow::Result<String> {
+    SERVER_KEYS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .and_then(|keys| keys.get(endpoint).cloned())
+        .ok_or_else(|| anyhow!("no controller key known for {endpoint}: start the controller first, or pin_server_key"))
+}
+
+/// For an agent started before its controller: creates the controller's key pair in
+/// `data_dir` now (as `qs serve` would at its first start) and pins it for `endpoint`.
+pub fn pin_server_key(endpoint: &str, data_dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data_dir)?;
+    let key = qs_noise::keyfile::load_or_create(data_dir)?
+        .public()
+        .to_string();
+    remember_server_key(endpoint, key.clone());
+    Ok(key)
 }
 
 /// Where `qs` and `qs-agent` are.
@@ -222,8 +264,16 @@ impl Controller {
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow!("qs serve first line lacks {k}: {line}"))
         };
+        let agents = field("agents")?;
+        let key = qs_noise::keyfile::read_public(data_dir)
+            .context("the controller wrote no controller.pub")?
+            .to_string();
+        if key != field("server_key")? {
+            bail!("controller.pub differs from the key qs serve announced");
+        }
+        remember_server_key(&agents, key);
         Ok(Self {
-            agents: field("agents")?,
+            agents,
             http: field("http")?,
             child,
         })
@@ -395,13 +445,17 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent inspecting `root`, connected to `controller` (`tcp://…`).
+    /// Starts an agent inspecting `root`, connected to `controller` (`tcp://…`), pinning the
+    /// key of the controller the harness started there.
     pub async fn start(controller: &str, root: &Path) -> anyhow::Result<Self> {
+        let key = server_key(controller)?;
         let mut child = Command::new(binary("qs-agent")?)
             .args([
                 "run",
                 "--controller",
                 controller,
+                "--server-key",
+                &key,
                 "--reply-timeout",
                 "3s",
                 "--root",

@@ -11,7 +11,6 @@ use qs_tests::{
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
 const HOSTS: [&str; 3] = FIXTURE_HOSTS;
 const WAIT: Duration = Duration::from_secs(60);
@@ -499,7 +498,8 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
             "the controller kept a garbage connection open for {WAIT:?}"
         );
     }
-    // 2. A valid handshake, then a frame announcing 1 TiB (it must never be allocated).
+    // 2. A valid ZMTP handshake, then a frame announcing 1 TiB (it must never be allocated)
+    // where the Noise handshake belongs: refused unread, as unauthenticated.
     let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
         .await
         .unwrap();
@@ -511,39 +511,28 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     // Held open until the counters are read: a peer that hangs up at once is rejected during
     // the handshake (the controller's READY finds the socket closed) before its header is read.
     let huge_frame_peer = s;
-    // 3. A real ZeroMQ peer sending malformed envelopes, a bad version, and an oversize message.
-    let mut options = SocketOptions::default();
-    options.peer_identity(
-        b"00bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
-            .as_slice()
-            .try_into()
-            .unwrap(),
-    );
-    let mut dealer = DealerSocket::with_options(options);
-    dealer.connect(&controller.agents).await.unwrap();
-    dealer
-        .send(ZmqMessage::from(bytes::Bytes::from_static(
-            b"\xc1\xc1 not msgpack",
-        )))
-        .await
-        .unwrap();
+    // 3. An authenticated peer sending malformed envelopes, a bad version, and an oversize
+    // message (sealed, so they reach the decoder).
+    let mut dealer = qs_tests::secure_peer::SecurePeer::connect(
+        &controller.agents,
+        "00bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+    )
+    .await
+    .unwrap();
+    dealer.send(b"\xc1\xc1 not msgpack").await.unwrap();
     // {v: 99, id: 1, body: {heartbeat: {}}}
-    let bad_version =
-        bytes::Bytes::from_static(b"\x83\xa1v\x63\xa2id\x01\xa4body\x81\xa9heartbeat\x80");
-    dealer.send(ZmqMessage::from(bad_version)).await.unwrap();
     dealer
-        .send(ZmqMessage::from(bytes::Bytes::from(vec![
-            0x90u8;
-            2 * 1024 * 1024
-        ])))
+        .send(b"\x83\xa1v\x63\xa2id\x01\xa4body\x81\xa9heartbeat\x80")
         .await
         .unwrap();
+    dealer.send(&vec![0x90u8; 2 * 1024 * 1024]).await.unwrap();
     // The controller counts each kind.
     wait_until("bad input counted", WAIT, || async {
         let (_, c) = controller.get("/api/v1/counters").await?;
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
-        let all = n("rejected_connections") >= 3
-            && n("oversize_frames") >= 2
+        let all = n("rejected_connections") >= 4
+            && n("unauthenticated") >= 1
+            && n("oversize_frames") >= 1
             && n("malformed_frames") >= 1
             && n("unsupported_versions") >= 1;
         if all {
@@ -587,6 +576,7 @@ async fn agent_reconnects_when_the_controller_appears_later() {
     // The agent dials a port nothing listens on yet (held so no one else takes it) and must
     // keep retrying with backoff until the controller binds it.
     let port = ReservedPort::new().unwrap();
+    qs_tests::pin_server_key(&port.endpoint(), data.path()).unwrap();
     let agent = Agent::start(&port.endpoint(), &fixture_host(HOSTS[1]))
         .await
         .unwrap();

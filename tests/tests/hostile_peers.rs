@@ -13,27 +13,24 @@ use qs_proto::{
     codec, Body, CapabilityCall, CapabilityInfo, Envelope, ErrorBody, ErrorCode, InventoryDelta,
     MessageId, Register,
 };
+use qs_tests::secure_peer::SecurePeer;
 use qs_tests::{fixture_host, wait_until, Agent, Controller, FIXTURE_HOSTS};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 const WAIT: Duration = Duration::from_secs(60);
 const FAST: &[&str] = &["--heartbeat-interval", "1s", "--heartbeat-timeout", "4s"];
 
 /// A peer speaking the agent protocol by hand.
 struct Peer {
-    socket: DealerSocket,
+    socket: SecurePeer,
     id: String,
     next: u64,
 }
 
 impl Peer {
     async fn connect(controller: &Controller, id: &str) -> Self {
-        let mut options = SocketOptions::default();
-        options.peer_identity(id.as_bytes().try_into().unwrap());
-        let mut socket = DealerSocket::with_options(options);
-        socket.connect(&controller.agents).await.unwrap();
+        let socket = SecurePeer::connect(&controller.agents, id).await.unwrap();
         Self {
             socket,
             id: id.to_owned(),
@@ -42,10 +39,7 @@ impl Peer {
     }
 
     async fn send_frame(&mut self, frame: Vec<u8>) {
-        self.socket
-            .send(ZmqMessage::from(bytes::Bytes::from(frame)))
-            .await
-            .unwrap();
+        self.socket.send(&frame).await.unwrap();
     }
 
     async fn send(&mut self, body: Body) -> MessageId {
@@ -61,7 +55,7 @@ impl Peer {
             .await
             .expect("the controller did not answer")
             .unwrap();
-        codec::decode(message.get(0).unwrap(), codec::DEFAULT_MAX_FRAME).unwrap()
+        codec::decode(&message, codec::DEFAULT_MAX_FRAME).unwrap()
     }
 
     fn register_body(&self, inventory: Value, capabilities: Vec<CapabilityInfo>) -> Body {
@@ -270,9 +264,17 @@ async fn silent_sessions_are_closed_after_the_heartbeat_timeout() {
         let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
             .await
             .unwrap();
-        s.write_all(&zmtp_hello(peer_id(100 + n).as_bytes()))
-            .await
+        // The whole handshake, Noise included: the idle deadline applies to sessions.
+        let mut hello = zmtp_hello(peer_id(100 + n).as_bytes());
+        let key: qs_noise::PublicKey = qs_tests::server_key(&controller.agents)
+            .unwrap()
+            .parse()
             .unwrap();
+        let (_, first) =
+            qs_noise::Initiator::new(&qs_noise::KeyPair::generate().unwrap(), &key).unwrap();
+        hello.extend([0u8, first.len() as u8]);
+        hello.extend(first);
+        s.write_all(&hello).await.unwrap();
         silent.push(s);
     }
     for mut s in silent {
@@ -482,13 +484,10 @@ async fn a_restart_after_kill_9_shows_no_stale_online_agents_and_no_half_registr
     for n in 0..40u64 {
         let endpoint = controller.agents.clone();
         peers.spawn(async move {
-            let mut options = SocketOptions::default();
             let id = peer_id(500 + n);
-            options.peer_identity(id.as_bytes().try_into().unwrap());
-            let mut socket = DealerSocket::with_options(options);
-            if socket.connect(&endpoint).await.is_err() {
+            let Ok(mut socket) = SecurePeer::connect(&endpoint, &id).await else {
                 return;
-            }
+            };
             let body = Body::Register(Register {
                 mercury_id: id.parse().unwrap(),
                 agent_version: "0.0.0-test".into(),
@@ -499,9 +498,7 @@ async fn a_restart_after_kill_9_shows_no_stale_online_agents_and_no_half_registr
                 image_id: None,
             });
             let frame = codec::encode(&Envelope::new(MessageId(1), body)).unwrap();
-            let _ = socket
-                .send(ZmqMessage::from(bytes::Bytes::from(frame)))
-                .await;
+            let _ = socket.send(&frame).await;
             let _ = tokio::time::timeout(WAIT, socket.recv()).await;
         });
     }

@@ -20,6 +20,7 @@
 //!     dir: "images/out".into(),
 //!     agent_port: 9002,
 //!     advertise: None,
+//!     server_key: None,
 //! };
 //! let app: axum::Router = qs_boot::router(boot, directory);
 //! # }
@@ -61,6 +62,8 @@ pub struct BootConfig {
     pub agent_port: u16,
     /// `tcp://HOST:PORT` to write into scripts instead (`qs serve --advertise`).
     pub advertise: Option<String>,
+    /// The controller's public key (base64), written into agent scripts as `qs.server_key=`.
+    pub server_key: Option<String>,
 }
 
 /// The boot routes over `directory`, ready to merge into the controller's HTTP app.
@@ -69,6 +72,7 @@ pub fn router<D: HostDirectory>(config: BootConfig, directory: D) -> Router {
         dir: BootDir::new(config.dir),
         agent_port: config.agent_port,
         advertise: config.advertise,
+        server_key: config.server_key,
         directory,
         requests: Mutex::new(VecDeque::new()),
         counters: Counters::default(),
@@ -84,6 +88,7 @@ struct BootState<D> {
     dir: BootDir,
     agent_port: u16,
     advertise: Option<String>,
+    server_key: Option<String>,
     directory: D,
     requests: Mutex<VecDeque<Served>>,
     counters: Counters,
@@ -195,7 +200,12 @@ async fn ipxe<D: HostDirectory>(
                     }
                 };
                 let image = state.dir.build_id();
-                let script = script::agent_script(&controller, image.as_deref(), host.as_deref());
+                let script = script::agent_script(
+                    &controller,
+                    image.as_deref(),
+                    host.as_deref(),
+                    state.server_key.as_deref(),
+                );
                 ("agent", host, script)
             }
         }
@@ -320,6 +330,7 @@ mod tests {
                 dir: dir.to_owned(),
                 agent_port: 9002,
                 advertise: None,
+                server_key: None,
             },
             NoInventory,
         )
@@ -440,6 +451,7 @@ mod tests {
                 dir: dir.path().to_owned(),
                 agent_port: 9002,
                 advertise: Some("tcp://192.0.2.10:7000".into()),
+                server_key: None,
             },
             NoInventory,
         );

@@ -81,8 +81,14 @@ pub fn identify_script() -> String {
 }
 
 /// Boots the agent image from this server's `vmlinuz` and `initramfs.img` (relative URIs, so
-/// they come from wherever this script came from), with the controller's address.
-pub fn agent_script(controller: &str, image_id: Option<&str>, host: Option<&str>) -> String {
+/// they come from wherever this script came from), with the controller's address and, when
+/// given, its public key (base64: nothing to escape) for the agent to pin.
+pub fn agent_script(
+    controller: &str,
+    image_id: Option<&str>,
+    host: Option<&str>,
+    server_key: Option<&str>,
+) -> String {
     let mut script = String::from("#!ipxe\n");
     script.push_str(&format!(
         "# Quicksilver: boot the agent image{}{}\n",
@@ -91,7 +97,10 @@ pub fn agent_script(controller: &str, image_id: Option<&str>, host: Option<&str>
     ));
     script.push_str("echo Quicksilver: loading the agent image\n");
     script.push_str(&format!(
-        "kernel vmlinuz initrd=initramfs.img {KERNEL_ARGS} qs.controller={controller}\n"
+        "kernel vmlinuz initrd=initramfs.img {KERNEL_ARGS} qs.controller={controller}{}\n",
+        server_key
+            .map(|key| format!(" qs.server_key={key}"))
+            .unwrap_or_default()
     ));
     script.push_str("initrd initramfs.img\n");
     script.push_str("boot\n");
@@ -166,7 +175,12 @@ mod tests {
 
     #[test]
     fn agent_script_chains_kernel_and_initramfs_with_the_controller() {
-        let script = agent_script("tcp://10.0.2.2:9002", Some("qs-20261201"), Some("01abc"));
+        let script = agent_script(
+            "tcp://10.0.2.2:9002",
+            Some("qs-20261201"),
+            Some("01abc"),
+            None,
+        );
         assert!(script.starts_with("#!ipxe\n"));
         assert!(script.contains(
             "kernel vmlinuz initrd=initramfs.img console=tty0 console=ttyS0,115200n8 quiet qs.controller=tcp://10.0.2.2:9002\n"

@@ -39,6 +39,9 @@ pub struct Counters {
     pub ingest_batches: AtomicU64,
     /// Peers disconnected because every recent message they sent was refused.
     pub peers_disconnected: AtomicU64,
+    /// Connections closed because the Noise handshake or a transport message did not
+    /// authenticate (wrong keys, tampered or replayed bytes, a peer speaking plain envelopes).
+    pub unauthenticated: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`], as the API reports it.
@@ -76,6 +79,8 @@ pub struct CountersSnapshot {
     pub ingest_batches: u64,
     /// See [`Counters::peers_disconnected`].
     pub peers_disconnected: u64,
+    /// See [`Counters::unauthenticated`].
+    pub unauthenticated: u64,
 }
 
 impl Counters {
@@ -104,6 +109,7 @@ impl Counters {
             documents_refused: get(&self.documents_refused),
             ingest_batches: get(&self.ingest_batches),
             peers_disconnected: get(&self.peers_disconnected),
+            unauthenticated: get(&self.unauthenticated),
         }
     }
 }

@@ -8,6 +8,13 @@
 //! the ROUTER side of ZMTP itself: ZMTP is parsed once, here, and nothing else ever sees a
 //! byte from a peer that has not completed the handshake.
 //!
+//! Every session is encrypted and mutually authenticated (`qs-noise`): after READY, the
+//! agent's first message is a Noise `IK` handshake message made for this controller's key, the
+//! controller answers with the second, and every later message is a sealed transport message
+//! (chunks of at most 65,535 bytes, each authenticated). The handshake is part of the
+//! handshake deadline; a message that does not authenticate closes the connection, so
+//! unauthenticated bytes never reach a decoder. The connection records the agent's key.
+//!
 //! Only the connection's own task waits on its handler: a slow store write for one agent
 //! holds that agent's next message, never anyone else's.
 
@@ -18,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qs_noise::{KeyPair, NoiseError, Opener, PublicKey, Sealer};
 use qs_proto::MercuryId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,6 +60,8 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Most connections at once from one source address.
     pub max_connections_per_source: usize,
+    /// The controller's long-term key pair: agents pin its public half.
+    pub key: Arc<KeyPair>,
 }
 
 /// Why the transport closed a connection.
@@ -84,6 +94,12 @@ pub enum TransportError {
     /// Reading from the peer failed.
     #[error("connection i/o failed")]
     Io(#[from] std::io::Error),
+    /// The Noise handshake or a transport message did not authenticate.
+    #[error("not authenticated: {0}")]
+    Noise(#[from] NoiseError),
+    /// The handshake message was missing, multipart or too long to be one.
+    #[error("expected a Noise handshake message")]
+    NotAHandshake,
 }
 
 /// A connection's number, unique within this controller process.
@@ -103,6 +119,9 @@ pub struct Connection {
     identity: MercuryId,
     outbox: mpsc::Sender<Vec<u8>>,
     closed: CancellationToken,
+    /// Seals what `send` queues; a lock, so that sealing order (the nonce) is queue order.
+    sealer: Option<tokio::sync::Mutex<Sealer>>,
+    peer_key: Option<PublicKey>,
 }
 
 impl Connection {
@@ -119,7 +138,31 @@ impl Connection {
             identity,
             outbox,
             closed: CancellationToken::new(),
+            sealer: None,
+            peer_key: None,
         }
+    }
+
+    /// A connection whose messages are sealed for the agent whose key is `peer_key`.
+    fn sealed(
+        id: ConnectionId,
+        peer: SocketAddr,
+        identity: MercuryId,
+        outbox: mpsc::Sender<Vec<u8>>,
+        sealer: Sealer,
+        peer_key: PublicKey,
+    ) -> Self {
+        Self {
+            sealer: Some(tokio::sync::Mutex::new(sealer)),
+            peer_key: Some(peer_key),
+            ..Self::new(id, peer, identity, outbox)
+        }
+    }
+
+    /// The agent's public key, proven in the Noise handshake (None only for connections
+    /// built by tests without one).
+    pub fn peer_key(&self) -> Option<&PublicKey> {
+        self.peer_key.as_ref()
     }
 
     /// This connection's number.
@@ -142,8 +185,21 @@ impl Connection {
         if self.closed.is_cancelled() {
             return Err(Closed(self.id));
         }
+        let Some(sealer) = &self.sealer else {
+            return self
+                .outbox
+                .send(zmtp::message_frame(payload))
+                .await
+                .map_err(|_| Closed(self.id));
+        };
+        let mut sealer = sealer.lock().await;
+        let sealed = sealer.seal(payload).map_err(|error| {
+            warn!(peer = %self.peer, error = %error, "message could not be sealed: closing");
+            self.close();
+            Closed(self.id)
+        })?;
         self.outbox
-            .send(zmtp::message_frame(payload))
+            .send(zmtp::message_frame(&sealed))
             .await
             .map_err(|_| Closed(self.id))
     }
@@ -304,10 +360,13 @@ async fn serve_connection<H: Handler>(
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read);
-    let handshake =
-        tokio::time::timeout(config.handshake_timeout, handshake(&mut reader, &mut write)).await;
-    let identity = match handshake {
-        Ok(Ok(identity)) => identity,
+    let handshake = tokio::time::timeout(
+        config.handshake_timeout,
+        handshake(&mut reader, &mut write, &config.key),
+    )
+    .await;
+    let (identity, session) = match handshake {
+        Ok(Ok(done)) => done,
         outcome => {
             let error = match outcome {
                 Err(_) => TransportError::HandshakeTimeout(config.handshake_timeout),
@@ -317,19 +376,29 @@ async fn serve_connection<H: Handler>(
                 Ok(Err(other)) => other,
                 Ok(Ok(_)) => return,
             };
+            if matches!(
+                error,
+                TransportError::Noise(_) | TransportError::NotAHandshake
+            ) {
+                Counters::bump(&counters.unauthenticated);
+            }
             Counters::bump(&counters.rejected_connections);
             warn!(%peer, error = %error, "agent connection rejected");
             return;
         }
     };
+    let peer_key = *session.remote_key();
+    let (sealer, mut opener) = session.split();
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let conn = Arc::new(Connection::new(id, peer, identity, outbox));
-    debug!(%peer, mercury_id = %conn.identity(), "agent connected");
+    let conn = Arc::new(Connection::sealed(
+        id, peer, identity, outbox, sealer, peer_key,
+    ));
+    debug!(%peer, mercury_id = %conn.identity(), agent_key = %peer_key, "agent connected");
     let writer = tokio::spawn(write_loop(write, outbox_rx, conn.clone()));
     let outcome = tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         () = conn.closed() => Ok(()),
-        r = read_loop(&mut reader, &conn, &config, &counters, &*handler) => r,
+        r = read_loop(&mut reader, &mut opener, &conn, &config, &counters, &*handler) => r,
     };
     conn.close();
     let _ = writer.await;
@@ -344,14 +413,53 @@ async fn serve_connection<H: Handler>(
             info!(%peer, mercury_id = %conn.identity(), silent = ?after, "idle agent connection closed");
         }
         Err(error) => {
+            if matches!(error, TransportError::Noise(_)) {
+                Counters::bump(&counters.unauthenticated);
+            }
             Counters::bump(&counters.rejected_connections);
             warn!(%peer, mercury_id = %conn.identity(), error = %error, "agent connection closed for breaking the protocol");
         }
     }
 }
 
+/// Largest first message accepted: the Noise handshake message carries no payload.
+const MAX_HANDSHAKE_MESSAGE: u64 = qs_noise::FIRST_MESSAGE_LEN as u64;
+
+/// Greeting both ways, the peer's commands up to READY, then the Noise handshake; returns the
+/// peer's MercuryId and the session.
+async fn handshake<R, W>(
+    r: &mut R,
+    w: &mut W,
+    key: &KeyPair,
+) -> Result<(MercuryId, qs_noise::Session), TransportError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let identity = zmtp_handshake(r, w).await?;
+    let first = loop {
+        let Some(header) = zmtp::read_header(r).await? else {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        };
+        if header.command() {
+            read_command(r, header).await?;
+            continue;
+        }
+        if header.more() || header.len > MAX_HANDSHAKE_MESSAGE {
+            return Err(TransportError::NotAHandshake);
+        }
+        // Bounded by MAX_HANDSHAKE_MESSAGE above.
+        let mut body = vec![0u8; header.len as usize];
+        r.read_exact(&mut body).await?;
+        break body;
+    };
+    let (reply, session) = qs_noise::respond(key, &first)?;
+    w.write_all(&zmtp::message_frame(&reply)).await?;
+    Ok((identity, session))
+}
+
 /// Greeting both ways, then the peer's commands up to READY; returns the peer's MercuryId.
-async fn handshake<R, W>(r: &mut R, w: &mut W) -> Result<MercuryId, TransportError>
+async fn zmtp_handshake<R, W>(r: &mut R, w: &mut W) -> Result<MercuryId, TransportError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -419,6 +527,7 @@ async fn read_body<R: AsyncRead + Unpin>(
 
 async fn read_loop<R, H>(
     r: &mut R,
+    opener: &mut Opener,
     conn: &Arc<Connection>,
     config: &TransportConfig,
     counters: &Counters,
@@ -428,12 +537,14 @@ where
     R: AsyncRead + Unpin,
     H: Handler,
 {
-    let limit = config.max_frame as u64;
+    // On the wire a message is sealed: its plaintext limit plus the chunks' overhead.
+    let limit = qs_noise::sealed_len(config.max_frame) as u64;
     loop {
         // One message: its frames, or nothing if it was oversize.
         let mut frames: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0u64;
         let mut dropping = false;
+        let mut dropped = 0u64;
         loop {
             let header = tokio::time::timeout(config.idle_timeout, zmtp::read_header(r))
                 .await
@@ -451,6 +562,7 @@ where
                 continue;
             }
             if dropping {
+                dropped = dropped.saturating_add(header.len);
                 discard(r, header.len).await?;
             } else if bytes.saturating_add(header.len) > limit
                 || frames.len() >= MAX_FRAMES_PER_MESSAGE
@@ -463,6 +575,7 @@ where
                 Counters::bump(&counters.oversize_frames);
                 warn!(peer = %conn.peer(), mercury_id = %conn.identity(), bytes = header.len, limit, "oversize message dropped before decoding");
                 discard(r, header.len).await?;
+                dropped = header.len;
                 dropping = true;
             } else {
                 bytes += header.len;
@@ -475,13 +588,16 @@ where
             }
         }
         if dropping {
+            // The agent sealed it: its chunks used nonces this side must skip too.
+            opener.skip(dropped);
             continue;
         }
         if frames.len() != 1 {
             handler.on_multipart(conn);
             continue;
         }
-        if let Some(payload) = frames.pop() {
+        if let Some(sealed) = frames.pop() {
+            let payload = opener.open(&sealed, config.max_frame)?;
             handler.on_message(conn, payload).await;
         }
     }
@@ -533,6 +649,48 @@ mod tests {
 
     const ID: &str = "013c16030373937262a32e831ff18c941b6481ded8";
 
+    /// The agent's side of a session under test.
+    struct Client {
+        sealer: Sealer,
+        _stream: tokio::io::DuplexStream,
+    }
+
+    /// Runs the whole handshake between `hello` (ZMTP greeting and READY, or anything) plus a
+    /// Noise first message for `key`, and the controller side over an in-memory pipe.
+    async fn connect(
+        hello: Vec<u8>,
+        key: &Arc<KeyPair>,
+    ) -> (
+        Result<(MercuryId, qs_noise::Session), TransportError>,
+        tokio::io::DuplexStream,
+        Option<Client>,
+    ) {
+        let (mut client, mut server) = tokio::io::duplex(1 << 22);
+        let agent = KeyPair::generate().unwrap();
+        let (initiator, first) = qs_noise::Initiator::new(&agent, key.public()).unwrap();
+        let mut input = hello;
+        input.extend(zmtp::message_frame(&first));
+        client.write_all(&input).await.unwrap();
+        let outcome = {
+            let (mut sr, mut sw) = tokio::io::split(&mut server);
+            handshake(&mut sr, &mut sw, key).await
+        };
+        if outcome.is_err() {
+            return (outcome, server, None);
+        }
+        // Greeting, READY, then the reply frame (short: 2-byte header).
+        let mut head = vec![0u8; zmtp::GREETING_LEN + zmtp::ready_frame().len()];
+        client.read_exact(&mut head).await.unwrap();
+        let mut reply = vec![0u8; 2 + qs_noise::REPLY_LEN];
+        client.read_exact(&mut reply).await.unwrap();
+        let (sealer, _) = initiator.finish(&reply[2..]).unwrap().split();
+        let client = Client {
+            sealer,
+            _stream: client,
+        };
+        (outcome, server, Some(client))
+    }
+
     fn hello(identity: &[u8]) -> Vec<u8> {
         let mut g = zmtp::greeting().to_vec();
         let mut body = vec![5];
@@ -574,21 +732,26 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             max_connections: 10,
             max_connections_per_source: 10,
+            key: Arc::new(KeyPair::generate().unwrap()),
         }
     }
 
+    /// `after` builds what the agent sends after the handshake (sealing with its session).
     async fn read_all(
-        input: Vec<u8>,
+        hello: Vec<u8>,
         max_frame: usize,
+        after: impl FnOnce(&mut Sealer) -> Vec<u8>,
     ) -> (Result<(), TransportError>, Recorder, Counters) {
-        let mut r = input.as_slice();
-        let mut out = Vec::new();
         let handler = Recorder::default();
         let counters = Counters::default();
-        let identity = match handshake(&mut r, &mut out).await {
-            Ok(id) => id,
+        let key = Arc::new(KeyPair::generate().unwrap());
+        let (outcome, server, client) = connect(hello, &key).await;
+        let (identity, session) = match outcome {
+            Ok(done) => done,
             Err(e) => return (Err(e), handler, counters),
         };
+        let input = after(&mut client.unwrap().sealer);
+        let (_, mut opener) = session.split();
         let (tx, _rx) = mpsc::channel(4);
         let conn = Arc::new(Connection::new(
             ConnectionId(1),
@@ -596,61 +759,137 @@ mod tests {
             identity,
             tx,
         ));
-        let r2 = read_loop(&mut r, &conn, &config(max_frame), &counters, &handler).await;
+        drop(server);
+        let mut r = input.as_slice();
+        let r2 = read_loop(
+            &mut r,
+            &mut opener,
+            &conn,
+            &config(max_frame),
+            &counters,
+            &handler,
+        )
+        .await;
         (r2, handler, counters)
+    }
+
+    fn sealed(sealer: &mut Sealer, plain: &[u8]) -> Vec<u8> {
+        zmtp::message_frame(&sealer.seal(plain).unwrap())
     }
 
     #[tokio::test]
     async fn messages_arrive_whole_and_in_order() {
-        let mut input = hello(ID.as_bytes());
-        input.extend(zmtp::message_frame(b"one"));
-        input.extend(zmtp::message_frame(&[9u8; 300]));
-        let (r, handler, _) = read_all(input, 1024).await;
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let (r, handler, _) = read_all(hello(ID.as_bytes()), 1 << 20, |s| {
+            let mut input = sealed(s, b"one");
+            input.extend(sealed(s, &big));
+            input.extend(sealed(s, b""));
+            input
+        })
+        .await;
         r.unwrap();
         let got = handler.messages.lock().unwrap().clone();
-        assert_eq!(got, vec![b"one".to_vec(), vec![9u8; 300]]);
+        assert_eq!(got, vec![b"one".to_vec(), big, Vec::new()]);
     }
 
     #[tokio::test]
     async fn an_oversize_message_is_skipped_and_the_stream_goes_on() {
-        let mut input = hello(ID.as_bytes());
-        let mut first = zmtp::message_frame(&[1u8; 2000]);
-        first[0] |= Header::MORE;
-        input.extend(first);
-        input.extend(zmtp::message_frame(b"tail of the dropped message"));
-        input.extend(zmtp::message_frame(b"next"));
-        let (r, handler, counters) = read_all(input, 1024).await;
+        let (r, handler, counters) = read_all(hello(ID.as_bytes()), 1024, |s| {
+            let mut input = sealed(s, &[1u8; 200_000]);
+            input.extend(sealed(s, &[2u8; 2000]));
+            input.extend(sealed(s, b"next"));
+            input
+        })
+        .await;
         r.unwrap();
         assert_eq!(*handler.messages.lock().unwrap(), vec![b"next".to_vec()]);
-        assert_eq!(counters.snapshot().oversize_frames, 1);
+        assert_eq!(counters.snapshot().oversize_frames, 2);
     }
 
     #[tokio::test]
     async fn a_huge_announced_length_allocates_nothing() {
-        let mut input = hello(ID.as_bytes());
-        input.push(Header::LONG);
-        input.extend_from_slice(&(1u64 << 60).to_be_bytes());
-        let (r, _, counters) = read_all(input, 1024).await;
+        let (r, _, counters) = read_all(hello(ID.as_bytes()), 1024, |_| {
+            let mut input = vec![Header::LONG];
+            input.extend_from_slice(&(1u64 << 60).to_be_bytes());
+            input
+        })
+        .await;
         assert!(matches!(r, Err(TransportError::Io(_))));
         assert_eq!(counters.snapshot().oversize_frames, 1);
     }
 
     #[tokio::test]
     async fn multipart_messages_are_reported_not_delivered() {
-        let mut input = hello(ID.as_bytes());
-        let mut first = zmtp::message_frame(b"a");
-        first[0] |= Header::MORE;
-        input.extend(first);
-        input.extend(zmtp::message_frame(b"b"));
-        let (r, handler, _) = read_all(input, 1024).await;
+        let (r, handler, _) = read_all(hello(ID.as_bytes()), 1024, |s| {
+            let mut first = sealed(s, b"a");
+            first[0] |= Header::MORE;
+            first.extend(sealed(s, b"b"));
+            first
+        })
+        .await;
         r.unwrap();
         assert!(handler.messages.lock().unwrap().is_empty());
         assert_eq!(handler.multipart.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
+    async fn plain_tampered_or_replayed_messages_close_the_session() {
+        // A peer that completed the handshake but sends a plain envelope.
+        let plain = b"\x83\xa1v\x01\xa2id\x01\xa4body\x81\xa9heartbeat\x80";
+        let (r, handler, _) =
+            read_all(hello(ID.as_bytes()), 1024, |_| zmtp::message_frame(plain)).await;
+        assert!(matches!(r, Err(TransportError::Noise(_))), "{r:?}");
+        assert!(handler.messages.lock().unwrap().is_empty());
+        // One flipped bit.
+        let (r, handler, _) = read_all(hello(ID.as_bytes()), 1024, |s| {
+            let mut m = sealed(s, b"heartbeat");
+            let last = m.len() - 1;
+            m[last] ^= 1;
+            m
+        })
+        .await;
+        assert!(matches!(r, Err(TransportError::Noise(_))), "{r:?}");
+        assert!(handler.messages.lock().unwrap().is_empty());
+        // A message sent twice: the second copy is refused.
+        let (r, handler, _) = read_all(hello(ID.as_bytes()), 1024, |s| {
+            let m = sealed(s, b"once");
+            [m.clone(), m].concat()
+        })
+        .await;
+        assert!(matches!(r, Err(TransportError::Noise(_))), "{r:?}");
+        assert_eq!(*handler.messages.lock().unwrap(), vec![b"once".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_handshake_for_another_controller_or_no_handshake_is_refused() {
+        let key = Arc::new(KeyPair::generate().unwrap());
+        let other = Arc::new(KeyPair::generate().unwrap());
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let agent = KeyPair::generate().unwrap();
+        let (_, first) = qs_noise::Initiator::new(&agent, other.public()).unwrap();
+        let mut input = hello(ID.as_bytes());
+        input.extend(zmtp::message_frame(&first));
+        let (_, mut cw) = tokio::io::split(client);
+        cw.write_all(&input).await.unwrap();
+        let (mut sr, mut sw) = tokio::io::split(&mut server);
+        let r = handshake(&mut sr, &mut sw, &key).await;
+        assert!(matches!(r, Err(TransportError::Noise(_))), "{r:?}");
+
+        // A plain peer: READY, then an envelope where the handshake belongs.
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let mut input = hello(ID.as_bytes());
+        input.extend(zmtp::message_frame(&[0x90u8; 200]));
+        let (_, mut cw) = tokio::io::split(client);
+        cw.write_all(&input).await.unwrap();
+        let (mut sr, mut sw) = tokio::io::split(&mut server);
+        let r = handshake(&mut sr, &mut sw, &key).await;
+        assert!(matches!(r, Err(TransportError::NotAHandshake)), "{r:?}");
+    }
+
+    #[tokio::test]
     async fn protocol_violations_are_refused() {
-        let (r, _, _) = read_all(b"GET / HTTP/1.1\r\n\r\n".repeat(8), 1024).await;
+        let key = Arc::new(KeyPair::generate().unwrap());
+        let (r, _, _) = connect(b"GET / HTTP/1.1\r\n\r\n".repeat(8), &key).await;
         assert!(matches!(
             r,
             Err(TransportError::Zmtp(ZmtpError::BadGreeting))
@@ -658,41 +897,35 @@ mod tests {
 
         let mut input = zmtp::greeting().to_vec();
         input.extend(zmtp::message_frame(b"x"));
-        assert!(matches!(
-            read_all(input, 1024).await.0,
-            Err(TransportError::MessageBeforeReady)
-        ));
+        let (r, _, _) = connect(input, &key).await;
+        assert!(matches!(r, Err(TransportError::MessageBeforeReady)));
 
-        let (r, _, _) = read_all(hello(b"not-a-mercury-id"), 1024).await;
+        let (r, _, _) = connect(hello(b"not-a-mercury-id"), &key).await;
         assert!(matches!(r, Err(TransportError::BadIdentity)));
 
-        let mut input = hello(ID.as_bytes());
-        input.push(0x80);
+        let (r, _, _) = read_all(hello(ID.as_bytes()), 1024, |_| vec![0x80]).await;
         assert!(matches!(
-            read_all(input, 1024).await.0,
+            r,
             Err(TransportError::Zmtp(ZmtpError::BadFlags(0x80)))
         ));
 
-        let mut input = hello(ID.as_bytes());
-        let mut first = zmtp::message_frame(&[0u8; 600]);
-        first[0] |= Header::MORE;
-        input.extend(first);
-        input.extend(zmtp::message_frame(&[0u8; 600]));
-        assert!(matches!(
-            read_all(input, 1024).await.0,
-            Err(TransportError::OversizeMultipart { .. })
-        ));
+        let (r, _, _) = read_all(hello(ID.as_bytes()), 1024, |s| {
+            let mut first = sealed(s, &[0u8; 600]);
+            first[0] |= Header::MORE;
+            first.extend(sealed(s, &[0u8; 600]));
+            first
+        })
+        .await;
+        assert!(matches!(r, Err(TransportError::OversizeMultipart { .. })));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_session_is_closed_after_the_idle_deadline() {
-        let (client, server) = tokio::io::duplex(4096);
-        let (mut client_r, mut client_w) = tokio::io::split(client);
-        let (mut server_r, mut server_w) = tokio::io::split(server);
-        client_w.write_all(&hello(ID.as_bytes())).await.unwrap();
-        let identity = handshake(&mut server_r, &mut server_w).await.unwrap();
-        let mut greeting = [0u8; 64];
-        client_r.read_exact(&mut greeting).await.unwrap();
+        let key = Arc::new(KeyPair::generate().unwrap());
+        let (outcome, server, _client) = connect(hello(ID.as_bytes()), &key).await;
+        let (identity, session) = outcome.unwrap();
+        let (_, mut opener) = session.split();
+        let (mut server_r, _server_w) = tokio::io::split(server);
         let (tx, _rx) = mpsc::channel(4);
         let conn = Arc::new(Connection::new(
             ConnectionId(1),
@@ -703,6 +936,7 @@ mod tests {
         let handler = Recorder::default();
         let r = read_loop(
             &mut server_r,
+            &mut opener,
             &conn,
             &config(1024),
             &Counters::default(),
