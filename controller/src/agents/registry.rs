@@ -99,6 +99,8 @@ struct Session {
     record: AgentRecord,
     /// `last_seen` changed since it was last written.
     dirty: bool,
+    /// The `last_seen` the store holds for this session.
+    written_last_seen: OffsetDateTime,
 }
 
 /// Settings of the registry.
@@ -206,6 +208,7 @@ impl Registry {
             Session {
                 conn: conn.clone(),
                 inventory_version: version,
+                written_last_seen: record.last_seen,
                 record,
                 dirty: false,
             },
@@ -324,8 +327,16 @@ impl Registry {
                     report.went_silent += 1;
                 }
             }
+            // `last_seen` is worth a write only when it moved by a good part of the timeout:
+            // an agent heartbeating every few seconds would otherwise be rewritten at every
+            // sweep, and 10,000 of them would keep the store busy with nothing new.
+            let every = self.config.timeout / 3;
             for (id, s) in sessions.iter_mut().filter(|(_, s)| s.dirty) {
+                if s.record.last_seen - s.written_last_seen < every {
+                    continue;
+                }
                 s.dirty = false;
+                s.written_last_seen = s.record.last_seen;
                 records.push((id.clone(), s.record.clone()));
             }
         }
@@ -482,6 +493,14 @@ mod tests {
         let r = record(1);
         store_record(&store, &r).await;
         reg.start_session(&c, r, 1);
+        assert!(reg.seen(&c));
+        // Right after registering, last_seen is not worth a write.
+        assert_eq!(reg.sweep().await.unwrap().written, 0);
+        {
+            let mut sessions = reg.lock();
+            let s = sessions.get_mut(c.identity()).unwrap();
+            s.written_last_seen -= time::Duration::milliseconds(40);
+        }
         assert!(reg.seen(&c));
         let report = reg.sweep().await.unwrap();
         assert_eq!(report.written, 1);
