@@ -14,6 +14,7 @@
 pub mod agents;
 pub mod cli;
 pub mod http;
+pub mod security;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -198,7 +198,7 @@ fn raise_open_file_limit() {
 }
 
 /// `/var/lib/quicksilver` when writable (root), else `~/.local/share/quicksilver`.
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     let system = PathBuf::from("/var/lib/quicksilver");
     if std::fs::create_dir_all(&system).is_ok() {
         return system;
@@ -228,6 +228,16 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot open the store ({})", describe_store(&config)))?;
     raise_open_file_limit();
+    let (tokens, admin_token) = crate::security::tokens::TokenStore::open(&config.data_dir)
+        .context("cannot open the operator tokens")?;
+    if let Some(path) = &admin_token {
+        // Where, never what: the secret stays in the file.
+        info!(path = %path.display(), "first start: an admin token was written to {}", path.display());
+    }
+    let gate = Arc::new(
+        crate::security::gate::Gate::open(tokens, &config.data_dir)
+            .context("cannot open the audit log")?,
+    );
     // Agents pin its public half (`controller.pub`): created once, kept across restarts.
     let server_key = Arc::new(
         qs_noise::keyfile::load_or_create(&config.data_dir)
@@ -309,8 +319,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         counters,
         queries: Arc::new(crate::http::QueryGate::new(config.queries)),
     });
-
-    let app = app.merge(boot);
+    // Every API route behind the token gate; the boot routes stay open (firmware has no token).
+    let app = crate::security::gate::protect(app, gate).merge(boot);
 
     // The first stdout line is for scripts and tests: the addresses actually bound.
     println!(

@@ -9,7 +9,7 @@
 //!
 //! One sealed message (one ZMTP message on the wire) is a sequence of chunks, each a 2-byte
 //! big-endian length and one Noise transport message of at most 65,535 bytes. Every chunk's
-//! plaintext starts with a flag byte (`0`: more chunks follow, `1`: last), so a message cut
+//! plaintext ends with a flag byte (`0`: more chunks follow, `1`: last), so a message cut
 //! short, reordered, replayed or extended fails authentication or framing instead of being
 //! delivered shorter. Reassembly stops at the caller's limit.
 //!
@@ -343,8 +343,9 @@ impl Sealer {
         let mut at = 0;
         while let Some(piece) = pieces.next() {
             chunk.clear();
-            chunk.push(if pieces.peek().is_some() { MORE } else { LAST });
             chunk.extend_from_slice(piece);
+            // Last, so that the receiver decrypts every chunk straight into the message.
+            chunk.push(if pieces.peek().is_some() { MORE } else { LAST });
             let body = at + CHUNK_HEADER;
             let n = self
                 .transport
@@ -376,9 +377,8 @@ impl Opener {
 
     /// One message; its plaintext is at most `limit` bytes, checked before each chunk is kept.
     pub fn open(&mut self, sealed: &[u8], limit: usize) -> Result<Vec<u8>, NoiseError> {
-        let mut plain = Vec::with_capacity(sealed.len().min(limit));
+        let mut plain = Vec::with_capacity(sealed.len().min(limit.saturating_add(1)));
         let mut rest = sealed;
-        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
         loop {
             let (len, tail) = match rest {
                 [a, b, tail @ ..] => (u16::from_be_bytes([*a, *b]) as usize, tail),
@@ -387,19 +387,22 @@ impl Opener {
             let Some(message) = tail.get(..len) else {
                 return Err(NoiseError::Truncated);
             };
-            let n = self
-                .transport
-                .read_message(self.nonce, message, &mut buf)
-                .map_err(|_| NoiseError::Tampered)?;
-            self.nonce += 1;
-            let (flag, data) = match buf.get(..n) {
-                Some([flag, data @ ..]) => (*flag, data),
-                _ => return Err(NoiseError::BadFraming),
+            // Every chunk holds at least its flag byte.
+            let Some(data) = len.checked_sub(TAG + 1) else {
+                return Err(NoiseError::BadFraming);
             };
-            if plain.len() + data.len() > limit {
+            let start = plain.len();
+            if start + data > limit {
                 return Err(NoiseError::TooLarge { limit });
             }
-            plain.extend_from_slice(data);
+            plain.resize(start + data + 1, 0);
+            let n = self
+                .transport
+                .read_message(self.nonce, message, &mut plain[start..])
+                .map_err(|_| NoiseError::Tampered)?;
+            self.nonce += 1;
+            let flag = plain[start + n - 1];
+            plain.truncate(start + n - 1);
             rest = &tail[len..];
             match flag {
                 LAST if rest.is_empty() => return Ok(plain),

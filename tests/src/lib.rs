@@ -160,6 +160,8 @@ pub struct Controller {
     pub agents: String,
     /// The HTTP base URL, `http://127.0.0.1:PORT`.
     pub http: String,
+    /// The admin token it wrote into its data dir at first start (`admin.token`).
+    pub token: String,
 }
 
 /// The `--store` of controllers under test: with `QS_TEST_STORE=mongodb`, each data dir's
@@ -272,9 +274,14 @@ impl Controller {
             bail!("controller.pub differs from the key qs serve announced");
         }
         remember_server_key(&agents, key);
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .context("the controller wrote no admin.token")?
+            .trim()
+            .to_owned();
         Ok(Self {
             agents,
             http: field("http")?,
+            token,
             child,
         })
     }
@@ -304,16 +311,37 @@ impl Controller {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// GET a path under the base URL, returning status and JSON.
+    /// An HTTP client that sends the admin token.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_with(&self.token)
+    }
+
+    /// An HTTP client that sends `token` (any string) as its bearer token.
+    pub fn client_with(&self, token: &str) -> reqwest::Client {
+        let headers = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map(|v| reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, v)]))
+            .unwrap_or_default();
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// GET a path under the base URL (with the admin token), returning status and JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        let r = reqwest::get(format!("{}{path}", self.http)).await?;
+        let r = self
+            .client()
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await?))
     }
 
     /// POST JSON to a path under the base URL, returning status and JSON.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = reqwest::Client::new()
+        let r = self
+            .client()
             .post(format!("{}{path}", self.http))
             .json(body)
             .send()
@@ -327,6 +355,7 @@ impl Controller {
         let out = Command::new(binary("qs")?)
             .args(args)
             .env("QS_URL", &self.http)
+            .env("QS_TOKEN", &self.token)
             .output()
             .await
             .context("cannot run qs")?;

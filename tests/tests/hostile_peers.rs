@@ -325,7 +325,7 @@ async fn slow_queries_neither_starve_heartbeats_nor_run_unbounded() {
         peer.register(json!({"words": words})).await;
         peers.push(peer);
     }
-    let client = reqwest::Client::new();
+    let client = controller.client();
     let mut queries = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let (client, url) = (
@@ -422,9 +422,9 @@ async fn calls_are_bounded_and_fail_at_once_when_the_agent_disconnects() {
         .unwrap();
     assert_eq!(status, 400, "{body}");
     let call = {
-        let (http, url) = (controller.http.clone(), url.clone());
+        let (http, url, client) = (controller.http.clone(), url.clone(), controller.client());
         tokio::spawn(async move {
-            let r = reqwest::Client::new()
+            let r = client
                 .post(format!("{http}{url}"))
                 .json(&json!({"capability": "slow", "timeout": 3000}))
                 .send()

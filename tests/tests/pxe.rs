@@ -468,7 +468,8 @@ async fn a_server_network_boots_the_image_registers_and_then_boots_locally() {
     );
 
     // An operator marks the host local; a typo in the mode is refused.
-    let bad = reqwest::Client::new()
+    let bad = controller
+        .client()
         .put(format!("{}/api/v1/hosts/{id}/boot", controller.http))
         .json(&json!({"mode": "disk"}))
         .send()

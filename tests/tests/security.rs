@@ -272,3 +272,254 @@ async fn an_inventory_of_megabytes_travels_in_authenticated_chunks() {
     assert_eq!(status, 200, "{docs}");
     assert_eq!(docs[0]["pad"].as_str().unwrap(), pad);
 }
+
+/// Runs `qs` with `args` against `controller` presenting `token`.
+async fn cli_as(controller: &Controller, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(bin_dir().join("qs"))
+        .args(args)
+        .env("QS_URL", &controller.http)
+        .env("QS_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn status_as(controller: &Controller, token: &str, method: &str, path: &str) -> u16 {
+    let client = controller.client_with(token);
+    let url = format!("{}{path}", controller.http);
+    let request = match method {
+        "GET" => client.get(url),
+        "PUT" => client.put(url).json(&json!({"mode": "local"})),
+        "POST" => client
+            .post(url)
+            .json(&json!({"capability": "inspect", "args": {"only": ["cpu"]}})),
+        _ => unreachable!(),
+    };
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_need_a_token_with_a_strong_enough_role_and_changes_are_audited() {
+    let data = tempfile::tempdir().unwrap();
+    let controller = Controller::start(data.path(), &[]).await.unwrap();
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(data.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("admin.token"), 0o600);
+    assert_eq!(mode("controller.key"), 0o600);
+    let id = peer_id(9);
+
+    // Open: the health checks. Everything else: 401 without a valid token.
+    for path in ["/healthz", "/api/v1/healthz"] {
+        let r = reqwest::get(format!("{}{path}", controller.http))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let r = reqwest::get(format!("{}/api/v1/agents", controller.http))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(
+        status_as(&controller, "qs_nope_nope", "GET", "/api/v1/agents").await,
+        401
+    );
+    let (ok, _, err) = cli_as(&controller, "qs_nope_nope", &["agents", "list"]).await;
+    assert!(
+        !ok && (err.contains("401") || err.contains("token")),
+        "{err}"
+    );
+
+    // Roles, made with the CLI and the admin token.
+    let make = |role: &'static str| {
+        let controller = &controller;
+        async move {
+            let (ok, out, err) = cli_as(
+                controller,
+                &controller.token,
+                &["tokens", "create", "--role", role],
+            )
+            .await;
+            assert!(ok, "{err}");
+            out.trim().to_owned()
+        }
+    };
+    let viewer = make("viewer").await;
+    let operator = make("operator").await;
+    assert!(viewer.starts_with("qs_") && operator.starts_with("qs_"));
+    let boot = format!("/api/v1/hosts/{id}/boot");
+    let calls = format!("/api/v1/agents/{id}/calls");
+    assert_eq!(
+        status_as(&controller, &viewer, "GET", "/api/v1/agents").await,
+        200
+    );
+    assert_eq!(status_as(&controller, &viewer, "PUT", &boot).await, 403);
+    assert_eq!(status_as(&controller, &viewer, "POST", &calls).await, 403);
+    assert_eq!(
+        status_as(&controller, &viewer, "GET", "/api/v1/tokens").await,
+        403
+    );
+    let (ok, _, err) = cli_as(&controller, &viewer, &["agents", "list"]).await;
+    assert!(ok, "{err}");
+    let operator_boot = status_as(&controller, &operator, "PUT", &boot).await;
+    assert!(
+        operator_boot != 401 && operator_boot != 403,
+        "{operator_boot}"
+    );
+    assert_eq!(
+        status_as(&controller, &operator, "GET", "/api/v1/tokens").await,
+        403
+    );
+
+    // Listing shows ids and roles, never secrets or hashes; a revoked token is refused.
+    let (ok, list, err) = cli_as(
+        &controller,
+        &controller.token,
+        &["tokens", "list", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let viewer_id = viewer.split('_').nth(1).unwrap();
+    for secret in [&viewer, &operator, &controller.token] {
+        assert!(!list.to_string().contains(secret.as_str()));
+    }
+    assert!(!list.to_string().contains("hash"));
+    let (ok, _, err) = cli_as(
+        &controller,
+        &controller.token,
+        &["tokens", "revoke", viewer_id],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        status_as(&controller, &viewer, "GET", "/api/v1/agents").await,
+        401
+    );
+
+    // An expiring token works, then does not.
+    let (ok, short, err) = cli_as(
+        &controller,
+        &controller.token,
+        &["tokens", "create", "--role", "viewer", "--expires", "2s"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let short = short.trim().to_owned();
+    wait_until("the short token expired", WAIT, || async {
+        Ok((status_as(&controller, &short, "GET", "/api/v1/agents").await == 401).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Every state-changing request that passed is audited: who, what, when; no secret.
+    let audit = std::fs::read_to_string(data.path().join("audit.log")).unwrap();
+    let operator_id = operator.split('_').nth(1).unwrap();
+    assert!(
+        audit.lines().any(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            r["token"] == operator_id
+                && r["method"] == "PUT"
+                && r["path"] == boot.as_str()
+                && r["time"].is_string()
+        }),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(&format!("/api/v1/tokens/{viewer_id}")),
+        "{audit}"
+    );
+
+    // No secret in any file of the data dir but the one meant to hold it.
+    for entry in walk(data.path()) {
+        if entry.ends_with("admin.token") || entry.ends_with("controller.key") {
+            continue;
+        }
+        let bytes = std::fs::read(&entry).unwrap();
+        for secret in [&viewer, &operator, &short, &controller.token] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a token secret",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_key_claiming_an_online_mercury_id_is_refused_and_counted() {
+    let data = tempfile::tempdir().unwrap();
+    let controller = Controller::start(data.path(), &["--heartbeat-timeout", "600s"])
+        .await
+        .unwrap();
+    let id = peer_id(11);
+    let mut owner = SecurePeer::connect(&controller.agents, &id).await.unwrap();
+    owner
+        .send(&register(&id, json!({"who": "owner"})))
+        .await
+        .unwrap();
+    let reply = codec::decode(&owner.recv().await.unwrap(), 1 << 20).unwrap();
+    assert!(matches!(reply.body, Body::Registered(_)), "{reply:?}");
+
+    let mut thief = SecurePeer::connect(&controller.agents, &id).await.unwrap();
+    assert_ne!(thief.public_key(), owner.public_key());
+    thief
+        .send(&register(&id, json!({"who": "thief"})))
+        .await
+        .unwrap();
+    wait_until("the conflict counted", WAIT, || async {
+        Ok((counter(&controller, "identity_conflicts").await == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    // The thief got no answer; the owner's session and document are untouched.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), thief.recv())
+            .await
+            .is_err()
+    );
+    assert!(controller.is_online(&id).await.unwrap());
+    let (_, doc) = controller
+        .get(&format!("/api/v1/inventory/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(doc["who"], "owner", "{doc}");
+    owner
+        .send(
+            &codec::encode(&Envelope::new(
+                MessageId(2),
+                Body::Heartbeat(qs_proto::Heartbeat {}),
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let echo = codec::decode(&owner.recv().await.unwrap(), 1 << 20).unwrap();
+    assert_eq!(echo.re, Some(MessageId(2)));
+}

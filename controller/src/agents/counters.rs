@@ -42,6 +42,8 @@ pub struct Counters {
     /// Connections closed because the Noise handshake or a transport message did not
     /// authenticate (wrong keys, tampered or replayed bytes, a peer speaking plain envelopes).
     pub unauthenticated: AtomicU64,
+    /// Registrations refused because their MercuryId is online under another agent key.
+    pub identity_conflicts: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`], as the API reports it.
@@ -81,6 +83,8 @@ pub struct CountersSnapshot {
     pub peers_disconnected: u64,
     /// See [`Counters::unauthenticated`].
     pub unauthenticated: u64,
+    /// See [`Counters::identity_conflicts`].
+    pub identity_conflicts: u64,
 }
 
 impl Counters {
@@ -110,6 +114,7 @@ impl Counters {
             ingest_batches: get(&self.ingest_batches),
             peers_disconnected: get(&self.peers_disconnected),
             unauthenticated: get(&self.unauthenticated),
+            identity_conflicts: get(&self.identity_conflicts),
         }
     }
 }

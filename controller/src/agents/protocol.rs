@@ -187,6 +187,19 @@ impl AgentProtocol {
             .await;
             return true;
         }
+        // A MercuryId online under one agent key is not taken over by another key: the
+        // claimant gets nothing and is cut off (the same key may resume its own session).
+        if let Some(online) = self.registry.connection(conn.identity()) {
+            if online.id() != conn.id()
+                && !online.is_closed()
+                && online.peer_key() != conn.peer_key()
+            {
+                Counters::bump(&self.counters.identity_conflicts);
+                warn!(mercury_id = %conn.identity(), peer = %conn.peer(), online_peer = %online.peer(), "identity conflict: MercuryId online under another key; registration refused");
+                conn.close();
+                return true;
+            }
+        }
         let now = OffsetDateTime::now_utc();
         let record = AgentRecord {
             online: true,

@@ -19,6 +19,32 @@ impl ApiClient {
         Ok(Self { base, http })
     }
 
+    /// A client for the controller at `base` that sends `token` as its bearer token.
+    pub fn with_token(base: reqwest::Url, token: &str) -> anyhow::Result<Self> {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token holds characters a header cannot carry")?;
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { base, http })
+    }
+
+    /// DELETEs a path under `/api/v1`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = self.url(path)?;
+        let response = self
+            .http
+            .delete(url.clone())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the controller at {url}"))?;
+        decode(response).await
+    }
+
     fn url(&self, path: &str) -> anyhow::Result<reqwest::Url> {
         self.base
             .join(&format!("api/v1/{path}"))

@@ -5,6 +5,7 @@ mod client;
 mod hosts;
 mod inventory;
 mod table;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:9000"
     )]
     url: reqwest::Url,
+    /// Bearer token for operator commands; without it, `admin.token` in the default data dir.
+    #[arg(long, env = "QS_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,14 +50,33 @@ enum Cmd {
     /// Hosts: what each boots when it PXE-boots.
     #[command(subcommand)]
     Hosts(hosts::Cmd),
+    /// Operator tokens (admin).
+    #[command(subcommand)]
+    Tokens(tokens::Cmd),
+}
+
+/// The API client with the operator's token: `--token`/`QS_TOKEN`, else the admin token the
+/// controller on this machine wrote into its default data dir, else none (the API says 401).
+fn api(url: reqwest::Url, token: Option<String>) -> anyhow::Result<client::ApiClient> {
+    let token = token.or_else(|| {
+        let path = serve::default_data_dir().join(crate::security::tokens::ADMIN_TOKEN_FILE);
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_owned())
+    });
+    match token {
+        Some(token) if !token.is_empty() => client::ApiClient::with_token(url, &token),
+        _ => client::ApiClient::new(url),
+    }
 }
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(args) => serve::run(args.validate()?).await,
-        Cmd::Agents(cmd) => agents::run(cmd, client::ApiClient::new(cli.url)?).await,
-        Cmd::Inventory(cmd) => inventory::run(cmd, client::ApiClient::new(cli.url)?).await,
-        Cmd::Hosts(cmd) => hosts::run(cmd, client::ApiClient::new(cli.url)?).await,
+        Cmd::Agents(cmd) => agents::run(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Inventory(cmd) => inventory::run(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Hosts(cmd) => hosts::run(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Tokens(cmd) => tokens::run(cmd, api(cli.url, cli.token)?).await,
     }
 }
