@@ -658,26 +658,53 @@ impl EmbeddedStore {
         Ok(Some(ids.into_iter().collect()))
     }
 
-    /// Calls `f` with every document a filter may select (index candidates, or all), in
-    /// MercuryId order, until it breaks.
+    /// Calls `f` with every document a filter may select (index candidates, or all) that
+    /// `keep` accepts, in MercuryId order, until it breaks. Documents are decoded and tested by
+    /// `keep` on several threads, a batch at a time; `f` sees them in order on this one.
     fn each(
         &self,
         filter: &Value,
+        keep: Keep<'_>,
         mut f: impl FnMut(Value) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         let read = self.read()?;
         let tables = Tables::open(&read, self)?;
-        if let Some(ids) = self.candidates(&read, filter)? {
-            for id in ids {
-                if let Some(doc) = tables.merged(&id, self)? {
-                    if f(doc).is_break() {
-                        break;
-                    }
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut flush = |batch: &mut Vec<Raw>| -> Result<ControlFlow<()>, StoreError> {
+            for doc in matching(batch, keep)? {
+                if f(doc).is_break() {
+                    return Ok(ControlFlow::Break(()));
                 }
             }
+            batch.clear();
+            Ok(ControlFlow::Continue(()))
+        };
+        if let Some(ids) = self.candidates(&read, filter)? {
+            for id in ids {
+                if let Some(raw) = tables.raw(id, self)? {
+                    batch.push(raw);
+                }
+                if batch.len() == BATCH && flush(&mut batch)?.is_break() {
+                    return Ok(());
+                }
+            }
+            let _ = flush(&mut batch)?;
             return Ok(());
         }
-        tables.scan(self, f)
+        let mut stopped = false;
+        tables.scan(self, |raw| {
+            batch.push(raw);
+            if batch.len() == BATCH {
+                let flow = flush(&mut batch)?;
+                stopped = flow.is_break();
+                return Ok(flow);
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if !stopped {
+            let _ = flush(&mut batch)?;
+        }
+        Ok(())
     }
 
     /// Runs a query: index candidates or a scan, keeping only matches (and for a sorted,
@@ -688,34 +715,37 @@ impl EmbeddedStore {
             Some(n) => usize::try_from(n.saturating_add(query.skip.unwrap_or(0))).ok(),
         };
         let mut matched: Vec<Value> = Vec::new();
-        self.each(query.filter_document(), |doc| {
-            if !query.filter.matches(&doc) {
-                return ControlFlow::Continue(());
-            }
-            matched.push(doc);
-            match (keep, &query.sort) {
-                (Some(k), Some(sort)) if matched.len() >= 2 * k.max(64) => {
-                    // Stable: ties keep MercuryId order, as a full sort would.
-                    matched.sort_by(|a, b| sort.compare(a, b));
-                    matched.truncate(k);
-                    ControlFlow::Continue(())
+        self.each(
+            query.filter_document(),
+            &|d| query.filter.matches(d),
+            |doc| {
+                matched.push(doc);
+                match (keep, &query.sort) {
+                    (Some(k), Some(sort)) if matched.len() >= 2 * k.max(64) => {
+                        // Stable: ties keep MercuryId order, as a full sort would.
+                        matched.sort_by(|a, b| sort.compare(a, b));
+                        matched.truncate(k);
+                        ControlFlow::Continue(())
+                    }
+                    (Some(k), None) if matched.len() >= k => ControlFlow::Break(()),
+                    _ => ControlFlow::Continue(()),
                 }
-                (Some(k), None) if matched.len() >= k => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            }
-        })?;
+            },
+        )?;
         Ok(query.run(matched.iter()))
     }
 
     /// Counts the documents a filter selects.
     pub fn count(&self, count: &Count) -> Result<u64, StoreError> {
         let mut n = 0u64;
-        self.each(count.filter.document(), |doc| {
-            if count.filter.matches(&doc) {
+        self.each(
+            count.filter.document(),
+            &|d| count.filter.matches(d),
+            |_| {
                 n += 1;
-            }
-            ControlFlow::Continue(())
-        })?;
+                ControlFlow::Continue(())
+            },
+        )?;
         Ok(n)
     }
 
@@ -726,15 +756,17 @@ impl EmbeddedStore {
         let top = distinct.path().split('.').next().unwrap_or_default();
         let narrow = Projection::parse(&serde_json::json!({ top: 1 })).ok();
         let mut kept = Vec::new();
-        self.each(distinct.filter().document(), |doc| {
-            if distinct.filter().matches(&doc) {
+        self.each(
+            distinct.filter().document(),
+            &|d| distinct.filter().matches(d),
+            |doc| {
                 kept.push(match &narrow {
                     Some(p) => p.apply(&doc),
                     None => doc,
                 });
-            }
-            ControlFlow::Continue(())
-        })?;
+                ControlFlow::Continue(())
+            },
+        )?;
         let all = Distinct::new(distinct.path(), &Value::Object(Map::new())).map_err(|e| {
             StoreError::Refused {
                 message: e.to_string(),
@@ -768,7 +800,12 @@ impl EmbeddedStore {
             .unwrap_or_else(|| Value::Object(Map::new()));
         let narrow = referenced_fields(&stages[split..]);
         let mut kept = Vec::new();
-        self.each(&index_filter, |doc| {
+        let first_match = match stages.first().and_then(|s| s.get("$match")) {
+            Some(m) => Some(qs_query::Filter::parse(m).map_err(refused)?),
+            None => None,
+        };
+        let keep = |d: &Value| first_match.as_ref().is_none_or(|m| m.matches(d));
+        self.each(&index_filter, &keep, |doc| {
             for out in head.run(std::iter::once(&doc)) {
                 kept.push(match (&narrow, out) {
                     (Some(fields), Value::Object(m)) => {
@@ -831,16 +868,23 @@ fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
+/// redb's page cache: bounded, so memory does not grow with the store (the OS page cache
+/// still holds what is read often).
+const CACHE_BYTES: usize = 64 << 20;
+
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    Database::create(path).map_err(|source| match source {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-            path: path.to_owned(),
-        },
-        source => StoreError::Open {
-            path: path.to_owned(),
-            reason: source.to_string(),
-        },
-    })
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_owned(),
+            },
+            source => StoreError::Open {
+                path: path.to_owned(),
+                reason: source.to_string(),
+            },
+        })
 }
 
 fn get_doc<T: ReadableTable<&'static str, &'static [u8]>>(
@@ -882,11 +926,25 @@ impl Tables {
         Ok(Some(merge(id, inventory, agent, boot)))
     }
 
-    /// Every document in MercuryId order: the three tables walked side by side.
+    /// One document's stored bytes, if it has any part.
+    fn raw(&self, id: String, store: &EmbeddedStore) -> Result<Option<Raw>, StoreError> {
+        let get = |t: &redb::ReadOnlyTable<&'static str, &'static [u8]>| {
+            t.get(id.as_str())
+                .map(|v| v.map(|v| v.value().to_vec()))
+                .map_err(store.fail("read"))
+        };
+        let parts = [get(&self.inventory)?, get(&self.agent)?, get(&self.boot)?];
+        if parts.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        Ok(Some(Raw { id, parts }))
+    }
+
+    /// Every document's bytes in MercuryId order: the three tables walked side by side.
     fn scan(
         &self,
         store: &EmbeddedStore,
-        mut f: impl FnMut(Value) -> ControlFlow<()>,
+        mut f: impl FnMut(Raw) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         type Rows<'a> = std::iter::Peekable<redb::Range<'a, &'static str, &'static [u8]>>;
         fn next_key(
@@ -906,12 +964,12 @@ impl Tables {
             rows: &mut Rows<'_>,
             id: &str,
             store: &EmbeddedStore,
-        ) -> Result<Option<Value>, StoreError> {
+        ) -> Result<Option<Vec<u8>>, StoreError> {
             if next_key(rows, store)?.as_deref() != Some(id) {
                 return Ok(None);
             }
             match rows.next() {
-                Some(Ok((_, v))) => decode_doc(id, v.value()).map(Some),
+                Some(Ok((_, v))) => Ok(Some(v.value().to_vec())),
                 Some(Err(e)) => Err(store.fail("scan")(e)),
                 None => Ok(None),
             }
@@ -932,17 +990,76 @@ impl Tables {
             let Some(id) = keys.into_iter().flatten().min() else {
                 return Ok(());
             };
-            let doc = merge(
-                &id,
+            let parts = [
                 take(&mut inv, &id, store)?,
                 take(&mut agent, &id, store)?,
                 take(&mut boot, &id, store)?,
-            );
-            if f(doc).is_break() {
+            ];
+            if f(Raw { id, parts })?.is_break() {
                 return Ok(());
             }
         }
     }
+}
+
+/// Documents decoded and tested per batch.
+const BATCH: usize = 1024;
+
+/// A test run on each decoded document, on the scan's worker threads.
+type Keep<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
+
+/// One document's stored parts, undecoded: inventory, agent, boot.
+struct Raw {
+    id: String,
+    parts: [Option<Vec<u8>>; 3],
+}
+
+impl Raw {
+    fn decode(&self) -> Result<Value, StoreError> {
+        let part = |i: usize| {
+            self.parts[i]
+                .as_deref()
+                .map(|b| decode_doc(&self.id, b))
+                .transpose()
+        };
+        Ok(merge(&self.id, part(0)?, part(1)?, part(2)?))
+    }
+}
+
+/// The documents of a batch that `keep` accepts, in order: decoded on up to four threads
+/// (decoding is most of a scan's cost).
+fn matching(batch: &[Raw], keep: Keep<'_>) -> Result<Vec<Value>, StoreError> {
+    let run = |part: &[Raw]| -> Result<Vec<Value>, StoreError> {
+        let mut out = Vec::new();
+        for raw in part {
+            let doc = raw.decode()?;
+            if keep(&doc) {
+                out.push(doc);
+            }
+        }
+        Ok(out)
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    if threads < 2 || batch.len() < 64 {
+        return run(batch);
+    }
+    let size = batch.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = batch.chunks(size);
+        let first = parts.next().unwrap_or_default();
+        let handles: Vec<_> = parts.map(|p| scope.spawn(move || run(p))).collect();
+        let mut out = run(first)?;
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| StoreError::Task("a scan thread panicked".into()))??,
+            );
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

@@ -338,7 +338,9 @@ impl Store {
                 let now = watched.health().await;
                 if now != last {
                     match &now {
-                        Health::Ok => tracing::info!(store = %watched.describe(), "store recovered"),
+                        Health::Ok => {
+                            tracing::info!(store = %watched.describe(), "store recovered")
+                        }
                         Health::Degraded { reason, .. } => {
                             tracing::error!(store = %watched.describe(), %reason, "store degraded")
                         }
