@@ -425,7 +425,10 @@ mod tests {
     async fn an_oversize_body_is_413_in_the_json_shape() {
         let dir = tempfile::tempdir().unwrap();
         let (app, _) = app(dir.path()).await;
-        let big = format!(r#"{{"filter": {{"x": "{}"}}}}"#, "a".repeat(3 * 1024 * 1024));
+        let big = format!(
+            r#"{{"filter": {{"x": "{}"}}}}"#,
+            "a".repeat(3 * 1024 * 1024)
+        );
         let (status, body) = call(&app, "POST", "/api/v1/inventory/query", &big).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["error"]["code"], "body_too_large");
