@@ -319,6 +319,18 @@ async fn run(backend: &str, n: usize, bases: &[Value], mongodb: Option<&str>) {
         assert!(Instant::now() < deadline, "qs serve did not answer");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The API wants the admin token qs serve wrote into the data dir at its first start.
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     println!(
         "  controller RSS after start on the loaded store  {} MiB",
         controller.status("VmRSS:") >> 20
