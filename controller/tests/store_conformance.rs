@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Opens a fresh store for a case set (named by its file).
+type OpenStore = Box<dyn FnMut(&str) -> futures::future::BoxFuture<'static, Store> + Send>;
+
 use qs_controller::store::{Store, StoreError, StoreOptions, Write};
 use qs_query::conformance::{self, Backend, CaseFile, Operation, Reply, Side};
 use qs_query::{Count, Distinct, Pipeline, Query, FIND_KEY};
@@ -33,7 +36,7 @@ fn cases() -> Vec<CaseFile> {
 
 /// Answers the suite's requests through [`Store`]: each data set in its own store.
 struct StoreBackend {
-    open: Box<dyn FnMut(&str) -> futures::future::BoxFuture<'static, Store> + Send>,
+    open: OpenStore,
     stores: HashMap<String, Store>,
 }
 

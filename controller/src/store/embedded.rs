@@ -78,7 +78,7 @@ pub struct EmbeddedStore {
 }
 
 fn encode_doc(id: &str, v: &Value) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec(v).map_err(|e| StoreError::Corrupt {
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Corrupt {
         id: id.to_owned(),
         reason: e.to_string(),
     })

@@ -80,10 +80,10 @@ pub fn key(value: &[u8], id: &str) -> Vec<u8> {
 
 /// The MercuryId at the end of an index key made by [`key`] for `value_len` bytes of value.
 pub fn id_of(key: &[u8]) -> Option<String> {
-    let start = match key.first()? {
-        &NUMBER => 9,
-        &BOOL => 2,
-        &STRING => {
+    let start = match *key.first()? {
+        NUMBER => 9,
+        BOOL => 2,
+        STRING => {
             let mut i = 1;
             loop {
                 match (key.get(i)?, key.get(i + 1)) {
@@ -156,13 +156,16 @@ pub fn keys_of(part: Option<&Value>, path: &str) -> Vec<Vec<u8>> {
     keys
 }
 
+/// A range of index keys: lower and upper bound.
+pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// A lookup an index answers: key ranges (of encoded values) on one indexed path.
 #[derive(Debug, Clone)]
 pub struct Lookup {
     /// The indexed path.
     pub path: String,
     /// Ranges of index keys; their union holds every candidate.
-    pub ranges: Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)>,
+    pub ranges: Vec<KeyRange>,
     /// Whether every range is one value (an equality or `$in`).
     pub exact: bool,
 }
@@ -233,7 +236,7 @@ fn lookup(path: &str, cond: &Value) -> Option<Lookup> {
 }
 
 /// A `$gt/$gte/$lt/$lte` range of one type (number or string), bounds taken inclusively.
-fn range(ops: &Map<String, Value>) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+fn range(ops: &Map<String, Value>) -> Option<KeyRange> {
     let mut bracket = None;
     let (mut low, mut high) = (None, None);
     for (op, v) in ops {

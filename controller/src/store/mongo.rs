@@ -49,8 +49,11 @@ pub struct MongoStore {
     indexes: Vec<String>,
     history: usize,
     indexes_ready: AtomicBool,
-    state: Mutex<(Option<(String, String)>, Option<Instant>)>,
+    state: Mutex<HealthState>,
 }
+
+/// The last failure (what, why) and since when the server has been failing.
+type HealthState = (Option<(String, String)>, Option<Instant>);
 
 /// `url` with the password of its user info replaced by `****`.
 pub fn redact(url: &str) -> String {
