@@ -80,3 +80,27 @@ impl SecurePeer {
         Ok(self.opener.open(&sealed, 64 << 20)?)
     }
 }
+
+/// The bytes a ZeroMQ DEALER named `identity` opens a connection with: the ZMTP 3.0 greeting
+/// (NULL mechanism) and its READY command. Tests that speak raw TCP start with these.
+pub fn zmtp_hello(identity: &[u8]) -> Vec<u8> {
+    let mut hello = vec![0u8; 64];
+    hello[0] = 0xff;
+    hello[9] = 0x7f;
+    hello[10] = 3;
+    hello[12..16].copy_from_slice(b"NULL");
+    let mut body = vec![5];
+    body.extend_from_slice(b"READY");
+    for (k, v) in [
+        (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
+        (b"Identity", identity),
+    ] {
+        body.push(k.len() as u8);
+        body.extend_from_slice(k);
+        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        body.extend_from_slice(v);
+    }
+    hello.extend([0x04, body.len() as u8]);
+    hello.extend(body);
+    hello
+}

@@ -431,29 +431,6 @@ async fn a_boot_storm_of_simulated_agents_registers_each_exactly_once() {
     fleet.stop().await;
 }
 
-/// ZMTP 3.0 greeting (NULL mechanism, client) and a READY command for a DEALER.
-fn zmtp_handshake(identity: &[u8]) -> Vec<u8> {
-    let mut g = vec![0u8; 64];
-    g[0] = 0xff;
-    g[9] = 0x7f;
-    g[10] = 3;
-    g[12..16].copy_from_slice(b"NULL");
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    for (k, v) in [
-        (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
-        (b"Identity", identity),
-    ] {
-        body.push(k.len() as u8);
-        body.extend_from_slice(k);
-        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        body.extend_from_slice(v);
-    }
-    g.extend([0x04, body.len() as u8]);
-    g.extend(body);
-    g
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -503,7 +480,8 @@ async fn garbage_and_oversize_frames_are_counted_and_change_nothing() {
     let mut s = tokio::net::TcpStream::connect(controller.agents_addr())
         .await
         .unwrap();
-    let mut hello = zmtp_handshake(b"00aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    let mut hello =
+        qs_tests::secure_peer::zmtp_hello(b"00aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
     hello.push(0x02);
     hello.extend_from_slice(&(1u64 << 40).to_be_bytes());
     hello.extend_from_slice(&[0u8; 1000]);

@@ -221,29 +221,6 @@ async fn a_register_of_millions_of_zeros_is_refused_without_decoding_it() {
     healthy(&controller).await;
 }
 
-/// ZMTP greeting and READY of a DEALER named `identity`.
-fn zmtp_hello(identity: &[u8]) -> Vec<u8> {
-    let mut g = vec![0u8; 64];
-    g[0] = 0xff;
-    g[9] = 0x7f;
-    g[10] = 3;
-    g[12..16].copy_from_slice(b"NULL");
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    for (k, v) in [
-        (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
-        (b"Identity", identity),
-    ] {
-        body.push(k.len() as u8);
-        body.extend_from_slice(k);
-        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        body.extend_from_slice(v);
-    }
-    g.extend([0x04, body.len() as u8]);
-    g.extend(body);
-    g
-}
-
 /// Case 3: connections that complete the handshake and then say nothing used to live forever
 /// (about 400 of them stopped the HTTP API under a 1,024 open-file limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +245,7 @@ async fn silent_sessions_are_closed_after_the_heartbeat_timeout() {
             .await
             .unwrap();
         // The whole handshake, Noise included: the idle deadline applies to sessions.
-        let mut hello = zmtp_hello(peer_id(100 + n).as_bytes());
+        let mut hello = qs_tests::secure_peer::zmtp_hello(peer_id(100 + n).as_bytes());
         let key: qs_noise::PublicKey = qs_tests::server_key(&controller.agents)
             .unwrap()
             .parse()

@@ -42,29 +42,6 @@ fn register(id: &str, inventory: Value) -> Vec<u8> {
     .unwrap()
 }
 
-/// ZMTP greeting and READY of a DEALER named `identity`.
-fn zmtp_hello(identity: &[u8]) -> Vec<u8> {
-    let mut g = vec![0u8; 64];
-    g[0] = 0xff;
-    g[9] = 0x7f;
-    g[10] = 3;
-    g[12..16].copy_from_slice(b"NULL");
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    for (k, v) in [
-        (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
-        (b"Identity", identity),
-    ] {
-        body.push(k.len() as u8);
-        body.extend_from_slice(k);
-        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        body.extend_from_slice(v);
-    }
-    g.extend([0x04, body.len() as u8]);
-    g.extend(body);
-    g
-}
-
 /// One ZMTP message frame.
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(body.len() + 9);
@@ -180,7 +157,7 @@ async fn plain_replayed_and_tampered_sessions_register_nothing() {
     // 1. A plain ZeroMQ peer sending a register envelope where the handshake belongs.
     let before = counter(&controller, "unauthenticated").await;
     let mut s = TcpStream::connect(controller.agents_addr()).await.unwrap();
-    let mut bytes = zmtp_hello(peer_id(1).as_bytes());
+    let mut bytes = qs_tests::secure_peer::zmtp_hello(peer_id(1).as_bytes());
     bytes.extend(frame(&register(&peer_id(1), json!({"plain": true}))));
     s.write_all(&bytes).await.unwrap();
     hung_up(&mut s).await;
@@ -190,7 +167,7 @@ async fn plain_replayed_and_tampered_sessions_register_nothing() {
     let id = peer_id(2);
     let agent = KeyPair::generate().unwrap();
     let (initiator, first) = Initiator::new(&agent, &server_key).unwrap();
-    let mut recorded = zmtp_hello(id.as_bytes());
+    let mut recorded = qs_tests::secure_peer::zmtp_hello(id.as_bytes());
     recorded.extend(frame(&first));
     let mut s = TcpStream::connect(controller.agents_addr()).await.unwrap();
     s.write_all(&recorded).await.unwrap();
@@ -222,7 +199,7 @@ async fn plain_replayed_and_tampered_sessions_register_nothing() {
     let id = peer_id(3);
     let (initiator, first) = Initiator::new(&KeyPair::generate().unwrap(), &server_key).unwrap();
     let mut s = TcpStream::connect(controller.agents_addr()).await.unwrap();
-    let mut hello = zmtp_hello(id.as_bytes());
+    let mut hello = qs_tests::secure_peer::zmtp_hello(id.as_bytes());
     hello.extend(frame(&first));
     s.write_all(&hello).await.unwrap();
     let reply = read_reply(&mut s).await.unwrap();

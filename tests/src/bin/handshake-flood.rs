@@ -34,27 +34,10 @@ struct Args {
     idle: usize,
 }
 
-/// ZMTP greeting and READY of a DEALER named `identity`, then a forged handshake message.
+/// ZMTP greeting and READY of a DEALER named after `n`, then a forged handshake message.
 fn forged(n: u64) -> Vec<u8> {
     let identity = format!("00{n:040x}");
-    let mut g = vec![0u8; 64];
-    g[0] = 0xff;
-    g[9] = 0x7f;
-    g[10] = 3;
-    g[12..16].copy_from_slice(b"NULL");
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    for (k, v) in [
-        (b"Socket-Type".as_slice(), b"DEALER".as_slice()),
-        (b"Identity", identity.as_bytes()),
-    ] {
-        body.push(k.len() as u8);
-        body.extend_from_slice(k);
-        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        body.extend_from_slice(v);
-    }
-    g.extend([0x04, body.len() as u8]);
-    g.extend(body);
+    let mut g = qs_tests::secure_peer::zmtp_hello(identity.as_bytes());
     g.extend([0u8, 96]);
     g.extend((0..96u64).map(|i| (i * 31 + n) as u8));
     g
