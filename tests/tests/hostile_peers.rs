@@ -121,7 +121,10 @@ async fn healthy(controller: &Controller) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_deltas_are_refused_and_the_store_reopens() {
     let data = tempfile::tempdir().unwrap();
-    let mut controller = Controller::start(data.path(), FAST).await.unwrap();
+    // Refused deltas are no sign of life: with FAST's 4 s timeout a slow machine would end the
+    // session (the peer sends no heartbeats) before the tenth refusal.
+    let patient = ["--heartbeat-interval", "1s", "--heartbeat-timeout", "120s"];
+    let mut controller = Controller::start(data.path(), &patient).await.unwrap();
     let mut peer = Peer::connect(&controller, &peer_id(1)).await;
     peer.register(json!({"a": 1})).await;
     // Ten refusals in a row: each answered, then the peer is disconnected for persisting.
