@@ -103,6 +103,9 @@ struct Session {
     written_last_seen: OffsetDateTime,
 }
 
+/// Agent records the sweep commits per transaction.
+const SWEEP_CHUNK: usize = 1000;
+
 /// Settings of the registry.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -349,23 +352,32 @@ impl Registry {
             });
         }
         report.written = writes.len();
-        if !writes.is_empty() {
-            if let Err(error) = self.store.write_batch(writes).await {
-                // Put the records back so the next sweep retries them.
-                let mut sessions = self.lock();
-                let mut ended = self
-                    .ended
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (id, record) in records {
-                    match sessions.get_mut(&id) {
-                        Some(s) if s.record.session == record.session => s.dirty = true,
-                        Some(_) => {}
-                        None => ended.push((id, record)),
-                    }
-                }
-                return Err(error.into());
+        let mut failed = None;
+        // A fleet disconnecting at once must not become one huge transaction held in memory.
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let chunk: Vec<Write> = writes.by_ref().take(SWEEP_CHUNK).collect();
+            if let Err(error) = self.store.write_batch(chunk).await {
+                failed = Some(error);
+                break;
             }
+        }
+        if let Some(error) = failed {
+            // Put the records back so the next sweep retries them (rewriting a record a
+            // committed chunk already holds is harmless).
+            let mut sessions = self.lock();
+            let mut ended = self
+                .ended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (id, record) in records {
+                match sessions.get_mut(&id) {
+                    Some(s) if s.record.session == record.session => s.dirty = true,
+                    Some(_) => {}
+                    None => ended.push((id, record)),
+                }
+            }
+            return Err(error.into());
         }
         Ok(report)
     }
@@ -516,6 +528,42 @@ mod tests {
         assert!(c.is_closed());
         assert_eq!(stored(&store).await["online"], false);
         assert!(!reg.seen(&c));
+    }
+
+    #[tokio::test]
+    async fn a_fleet_disconnecting_at_once_is_written_offline_in_chunks() {
+        let (reg, store, _dir) = registry(Duration::from_secs(15)).await;
+        let n = SWEEP_CHUNK * 2 + 500;
+        let mut conns = Vec::new();
+        for i in 0..n {
+            let (tx, _rx) = mpsc::channel(1);
+            let id = format!("00{:040x}", i + 1);
+            let c = Arc::new(Connection::new(
+                ConnectionId(i as u64),
+                "127.0.0.1:1".parse().unwrap(),
+                id.parse().unwrap(),
+                tx,
+            ));
+            let r = record(i as u64);
+            store
+                .write_batch(vec![Write::Agent {
+                    id: id.clone(),
+                    agent: encode_record(&id, &r).unwrap(),
+                    only_if_session: None,
+                }])
+                .await
+                .unwrap();
+            reg.start_session(&c, r, 1);
+            conns.push(c);
+        }
+        for c in &conns {
+            reg.end_session(&c.id(), c.identity());
+        }
+        let report = reg.sweep().await.unwrap();
+        assert_eq!((report.disconnected, report.written), (n, n));
+        let offline =
+            Query::from_request(&serde_json::json!({"filter": {"agent.online": false}})).unwrap();
+        assert_eq!(store.find(&offline).await.unwrap().len(), n);
     }
 
     #[tokio::test]
