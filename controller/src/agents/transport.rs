@@ -41,6 +41,8 @@ use super::zmtp::{self, Header, ZmtpError};
 const MAX_FRAMES_PER_MESSAGE: usize = 16;
 /// Messages queued for one agent before senders wait.
 const OUTBOX_CAPACITY: usize = 64;
+/// How long a closing connection gets to take the messages already queued for it.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// A peer that does not take a message for this long is cut off.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection: small, because idle agents are the common case; large frames
@@ -621,20 +623,31 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut outbox: mpsc::Receiver<Vec<u8>>,
     conn: Arc<Connection>,
 ) {
-    loop {
+    let closed_here = loop {
         let frame = tokio::select! {
-            () = conn.closed() => break,
-            f = outbox.recv() => match f { Some(f) => f, None => break },
+            biased;
+            f = outbox.recv() => match f { Some(f) => f, None => break false },
+            () = conn.closed() => break true,
         };
         match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 debug!(peer = %conn.peer(), error = %error, "write to agent failed");
-                break;
+                break false;
             }
             Err(_) => {
                 warn!(peer = %conn.peer(), "agent does not read its messages: closing");
-                break;
+                break false;
+            }
+        }
+    };
+    if closed_here {
+        // The controller hung up (a persistent offender, a replaced session): what it queued
+        // before, such as the refusal that explains the hang-up, still goes out, briefly.
+        while let Ok(frame) = outbox.try_recv() {
+            match tokio::time::timeout(FLUSH_TIMEOUT, w.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
     }
