@@ -6,10 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 /// Opens a fresh store for a case set (named by its file).
 type OpenStore = Box<dyn FnMut(&str) -> futures::future::BoxFuture<'static, Store> + Send>;
@@ -131,10 +127,8 @@ async fn embedded_store_answers_every_case_as_mongodb_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_store_answers_every_case_as_mongodb_does() {
     let files = cases();
-    let server = Server::start().unwrap_or_else(|e| {
-        panic!("no MongoDB-wire server for the store conformance run: {e} (tests/run installs secantusdb; or set QS_TEST_MONGODB_URI)")
-    });
-    let uri = server.uri.trim_end_matches('/').to_owned();
+    let server_uri = qs_tests::test_mongodb_uri().unwrap_or_else(|e| panic!("{e:#}"));
+    let uri = server_uri.trim_end_matches('/').to_owned();
     let prefix = format!("qs_store_conformance_{}", std::process::id());
     let mut databases = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -155,7 +149,7 @@ async fn mongodb_store_answers_every_case_as_mongodb_does() {
         databases.push(url);
     }
     drop_databases(&databases).await;
-    println!("MongoDB store on {}: {}", server.uri, report.render());
+    println!("MongoDB store on {}: {}", server_uri, report.render());
     // Where secantusdb answers otherwise than MongoDB (marked cases), the store passes the
     // server's answer through: those are the server's, not the backend's, failures.
     let unmarked: Vec<_> = report
@@ -192,61 +186,6 @@ async fn drop_databases(urls: &[String]) {
             if let Some(db) = client.default_database() {
                 let _ = db.drop().await;
             }
-        }
-    }
-}
-
-/// A MongoDB-wire server for the test: started here, or named by the environment.
-struct Server {
-    uri: String,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start() -> Result<Server, String> {
-        if let Ok(uri) = std::env::var("QS_TEST_MONGODB_URI") {
-            return Ok(Server { uri, child: None });
-        }
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mongodb-server");
-        let mut child = Command::new(&script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", script.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(read.map(|_| line));
-        });
-        let mut server = Server {
-            uri: String::new(),
-            child: Some(child),
-        };
-        // Generous: the first run installs secantusdb into a virtualenv.
-        match rx.recv_timeout(Duration::from_secs(600)) {
-            Ok(Ok(line)) if line.starts_with("mongodb://") => {
-                server.uri = line.trim().to_owned();
-                Ok(server)
-            }
-            Ok(Ok(line)) => Err(format!("tests/mongodb-server printed {line:?}, not a URI")),
-            Ok(Err(e)) => Err(format!("cannot read tests/mongodb-server's output: {e}")),
-            Err(_) => Err("tests/mongodb-server printed no URI within 600 s".into()),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            // SIGTERM lets the script stop the server and remove its data directory.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
         }
     }
 }

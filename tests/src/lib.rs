@@ -187,7 +187,9 @@ pub fn test_store(data_dir: &Path) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn test_mongodb_uri() -> anyhow::Result<String> {
+/// The URI of the MongoDB-wire server tests use: `QS_TEST_MONGODB_URI`, or tests/mongodb-server
+/// started once for this process (and stopped with it); an error, never a skip, without one.
+pub fn test_mongodb_uri() -> anyhow::Result<String> {
     static URI: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     URI.get_or_init(|| {
         if let Ok(uri) = std::env::var("QS_TEST_MONGODB_URI") {
@@ -226,7 +228,7 @@ fn test_mongodb_uri() -> anyhow::Result<String> {
             .unwrap_or_else(|_| Err("tests/mongodb-server printed no URI within 600 s".into()))
     })
     .clone()
-    .map_err(|e| anyhow!("no MongoDB-wire server for QS_TEST_STORE=mongodb: {e}"))
+    .map_err(|e| anyhow!("no MongoDB-wire server (tests/run installs secantusdb; or set QS_TEST_MONGODB_URI): {e}"))
 }
 
 impl Controller {

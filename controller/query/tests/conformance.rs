@@ -3,11 +3,6 @@
 //! by `QS_TEST_MONGODB_URI`. The server run fails when no server can be started.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, Regex};
 use mongodb::{Client, Collection};
@@ -46,62 +41,6 @@ async fn engine_answers_every_case_as_mongodb_does() {
     .await;
     println!("engine: {}", report.render());
     assert!(report.failures.is_empty(), "{}", report.render());
-}
-
-/// A MongoDB-wire server for the test: started here, or named by the environment.
-struct Server {
-    uri: String,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start() -> Result<Server, String> {
-        if let Ok(uri) = std::env::var("QS_TEST_MONGODB_URI") {
-            return Ok(Server { uri, child: None });
-        }
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mongodb-server");
-        let mut child = Command::new(&script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", script.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(read.map(|_| line));
-        });
-        // Generous: the first run installs secantusdb into a virtualenv.
-        // Owned from here on, so every early return stops the script.
-        let mut server = Server {
-            uri: String::new(),
-            child: Some(child),
-        };
-        match rx.recv_timeout(Duration::from_secs(600)) {
-            Ok(Ok(line)) if line.starts_with("mongodb://") => {
-                server.uri = line.trim().to_owned();
-                Ok(server)
-            }
-            Ok(Ok(line)) => Err(format!("tests/mongodb-server printed {line:?}, not a URI")),
-            Ok(Err(e)) => Err(format!("cannot read tests/mongodb-server's output: {e}")),
-            Err(_) => Err("tests/mongodb-server printed no URI within 600 s".into()),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            // SIGTERM lets the script stop the server and remove its data directory.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// JSON to BSON as a MongoDB backend stores it: whole numbers as int32 when they fit, else
@@ -293,13 +232,10 @@ impl Backend for ServerBackend {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_wire_server_answers_every_unmarked_case_as_mongodb_does() {
     let files = cases();
-    let server = match Server::start() {
-        Ok(s) => s,
-        Err(e) => panic!("no MongoDB-wire server for the conformance suite: {e} (tests/run installs secantusdb; or set QS_TEST_MONGODB_URI)"),
-    };
-    let client = Client::with_uri_str(&server.uri)
+    let server_uri = qs_tests::test_mongodb_uri().unwrap_or_else(|e| panic!("{e:#}"));
+    let client = Client::with_uri_str(&server_uri)
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", server.uri));
+        .unwrap_or_else(|e| panic!("cannot connect to {server_uri}: {e}"));
     let database = format!("qs_conformance_{}", std::process::id());
     let mut backend = ServerBackend {
         client: client.clone(),
@@ -307,6 +243,6 @@ async fn mongodb_wire_server_answers_every_unmarked_case_as_mongodb_does() {
     };
     let report = conformance::run(&files, &mut backend, Side::Server).await;
     let _ = client.database(&database).drop().await;
-    println!("server {}: {}", server.uri, report.render());
+    println!("server {}: {}", server_uri, report.render());
     assert!(report.failures.is_empty(), "{}", report.render());
 }
