@@ -277,7 +277,9 @@ fn uuid_source(uuid: Option<&str>) -> Result<String, String> {
     Ok(uuid)
 }
 
-fn is_placeholder(value: &str) -> bool {
+/// Whether a serial, asset tag or similar value is one firmware writes when it has none (a
+/// known placeholder, or one character repeated), so it cannot tell servers apart.
+pub fn is_placeholder(value: &str) -> bool {
     let value = value.trim();
     let lower = value.to_lowercase();
     if PLACEHOLDER_VALUES.contains(&lower.as_str()) {

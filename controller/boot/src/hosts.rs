@@ -208,34 +208,11 @@ fn swap_uuid_fields(uuid: &str) -> Option<String> {
     Some(format!("{}-{}-{}-{d}-{e}", swap(a)?, swap(b)?, swap(c)?))
 }
 
-/// A serial that can tell hosts apart: trimmed, not a vendor placeholder, not one repeated
-/// character (the MercuryId rules' list).
+/// A serial that can tell hosts apart: trimmed, and not a firmware placeholder by the MercuryId
+/// rules.
 pub fn normalize_serial(text: &str) -> Option<String> {
-    const PLACEHOLDERS: [&str; 15] = [
-        "to be filled by o.e.m.",
-        "default string",
-        "not specified",
-        "not available",
-        "none",
-        "n/a",
-        "unknown",
-        "system serial number",
-        "chassis serial number",
-        "base board serial number",
-        "asset tag",
-        "no asset tag",
-        "no asset information",
-        "0",
-        "0123456789",
-    ];
     let serial = text.trim();
-    let lower = serial.to_ascii_lowercase();
-    let mut chars = serial.chars();
-    let first = chars.next()?;
-    if chars.all(|c| c == first) || PLACEHOLDERS.contains(&lower.as_str()) {
-        return None;
-    }
-    Some(serial.to_owned())
+    (!qs_proto::mercury_id::is_placeholder(serial)).then(|| serial.to_owned())
 }
 
 #[cfg(test)]
