@@ -1,0 +1,1 @@
+//! Plans of steps, per-host argument templates and asset sets, for the job engine.
