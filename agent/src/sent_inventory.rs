@@ -38,6 +38,7 @@ impl SentInventory {
             base,
             version: self.version,
             patch,
+            collected_at: None,
         };
         let delta_size = rmp_size(&delta);
         let full_size = rmp_size(&doc);
@@ -59,6 +60,7 @@ impl SentInventory {
         Body::InventoryUpdate(InventoryUpdate {
             inventory: self.doc.clone(),
             version: self.version,
+            collected_at: None,
         })
     }
 }

@@ -416,6 +416,8 @@ async fn register(
         inventory,
         inventory_version,
         image_id: image_id(),
+        calls: Vec::new(),
+        collected_at: None,
     });
     send(outbox, Envelope::new(id, body)).await?;
     Ok(id)
@@ -662,6 +664,7 @@ async fn serve_call(
             }
             Body::CallResult(CallResult {
                 outcome: CallOutcome::Succeeded(output),
+                output: None,
             })
         }
         Ok(Err(CapabilityError::BadArguments { capability, reason })) => Body::Error(ErrorBody {
@@ -670,12 +673,14 @@ async fn serve_call(
         }),
         Ok(Err(error)) => Body::CallResult(CallResult {
             outcome: CallOutcome::Failed(ErrorReport::from_error(&error)),
+            output: None,
         }),
         Err(join_error) => Body::CallResult(CallResult {
             outcome: CallOutcome::Failed(ErrorReport {
                 message: format!("{} crashed", call.capability),
                 causes: vec![join_error.to_string()],
             }),
+            output: None,
         }),
     };
     let _ = outbox.send(Envelope::reply(new_id(), call_id, reply)).await;

@@ -60,8 +60,12 @@ impl Capability for Inspect {
                 kind: "array".into(),
                 required: false,
                 doc: "inspector names to run (default: all)".into(),
+                default: None,
+                choices: None,
             }],
             exclusive: false,
+            destructive: false,
+            default_timeout: 300,
         }
     }
 

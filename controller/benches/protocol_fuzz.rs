@@ -83,6 +83,8 @@ fn seeds(id: &MercuryId, inventory: &Value) -> Vec<(&'static str, Envelope)> {
                     inventory: inventory.clone(),
                     inventory_version: 1,
                     image_id: None,
+                    calls: Vec::new(),
+                    collected_at: None,
                 }),
             ),
         ),
@@ -94,6 +96,7 @@ fn seeds(id: &MercuryId, inventory: &Value) -> Vec<(&'static str, Envelope)> {
                 Body::InventoryUpdate(InventoryUpdate {
                     inventory: inventory.clone(),
                     version: 2,
+                    collected_at: None,
                 }),
             ),
         ),
@@ -105,6 +108,7 @@ fn seeds(id: &MercuryId, inventory: &Value) -> Vec<(&'static str, Envelope)> {
                     base: 1,
                     version: 3,
                     patch,
+                    collected_at: None,
                 }),
             ),
         ),
@@ -127,6 +131,7 @@ fn seeds(id: &MercuryId, inventory: &Value) -> Vec<(&'static str, Envelope)> {
                         message: "boom".into(),
                         causes: vec!["inner".into()],
                     }),
+                    output: None,
                 }),
             ),
         ),
@@ -233,10 +238,13 @@ fn mutate(rng: &mut Rng, seeds: &[(&'static str, Vec<u8>)], id: &MercuryId) -> (
                     inventory: doc,
                     inventory_version: 1,
                     image_id: None,
+                    calls: Vec::new(),
+                    collected_at: None,
                 }),
                 1 => Body::InventoryUpdate(InventoryUpdate {
                     inventory: doc,
                     version: 9,
+                    collected_at: None,
                 }),
                 _ => Body::InventoryDelta(InventoryDelta {
                     base: 1,
@@ -245,6 +253,7 @@ fn mutate(rng: &mut Rng, seeds: &[(&'static str, Vec<u8>)], id: &MercuryId) -> (
                         json!([{"op": "add", "path": "/hostile", "value": doc}]),
                     )
                     .unwrap_or(json_patch::Patch(Vec::new())),
+                    collected_at: None,
                 }),
             };
             if let Ok(bytes) = codec::encode(&Envelope::new(MessageId(rng.next()), body)) {

@@ -38,6 +38,8 @@ fn main() {
                 inventory,
                 inventory_version: 1,
                 image_id: None,
+                calls: Vec::new(),
+                collected_at: None,
             }),
         );
         let frame = codec::encode(&env).unwrap();
@@ -91,6 +93,7 @@ fn delta_after_losing_a_disk(path: &std::path::Path, inventory: &serde_json::Val
         Body::InventoryUpdate(qs_proto::InventoryUpdate {
             inventory: after.clone(),
             version: 2,
+            collected_at: None,
         }),
     );
     let delta = Envelope::new(
@@ -99,6 +102,7 @@ fn delta_after_losing_a_disk(path: &std::path::Path, inventory: &serde_json::Val
             base: 1,
             version: 2,
             patch: qs_proto::delta::diff(inventory, &after),
+            collected_at: None,
         }),
     );
     println!(

@@ -295,10 +295,36 @@ mod tests {
                     doc: "inspect".into(),
                     args: vec![],
                     exclusive: false,
+                    destructive: false,
+                    default_timeout: 300,
                 }],
                 inventory: serde_json::json!({"mem": {"total": 1024}}),
                 inventory_version: 1,
                 image_id: None,
+                calls: vec![
+                    CallRecord {
+                        id: MessageId(1 << 40),
+                        capability: "run".into(),
+                        started_at: "2026-12-01T10:00:00Z".into(),
+                        finished: None,
+                    },
+                    CallRecord {
+                        id: MessageId(77),
+                        capability: "run".into(),
+                        started_at: "2026-12-01T09:00:00Z".into(),
+                        finished: Some(CallFinished {
+                            result: CallResult {
+                                outcome: CallOutcome::TimedOut(ErrorReport {
+                                    message: "timed out after 5s".into(),
+                                    causes: vec![],
+                                }),
+                                output: Some(serde_json::json!({"exit_code": null, "signal": 15})),
+                            },
+                            finished_at: "2026-12-01T09:00:05Z".into(),
+                        }),
+                    },
+                ],
+                collected_at: Some("2026-12-01T08:59:59.5Z".into()),
             }),
             Body::Registered(Registered {
                 heartbeat_interval_ms: 5000,
@@ -307,6 +333,7 @@ mod tests {
             Body::InventoryUpdate(InventoryUpdate {
                 inventory: serde_json::json!({"cpu": {"threads": 2}}),
                 version: 2,
+                collected_at: Some("2026-12-01T10:00:00Z".into()),
             }),
             Body::InventoryDelta(InventoryDelta {
                 base: 2,
@@ -315,6 +342,7 @@ mod tests {
                     &serde_json::json!({"cpu": {"threads": 2}, "os_storage": [{"name": "sda"}, {"name": "sdb"}]}),
                     &serde_json::json!({"cpu": {"threads": 4}, "os_storage": [{"name": "sda"}]}),
                 ),
+                collected_at: None,
             }),
             Body::CapabilityCall(CapabilityCall {
                 capability: "inspect".into(),
@@ -326,16 +354,39 @@ mod tests {
             }),
             Body::CallResult(CallResult {
                 outcome: CallOutcome::Succeeded(serde_json::json!([1, 2])),
+                output: None,
             }),
             Body::CallResult(CallResult {
                 outcome: CallOutcome::Failed(ErrorReport {
                     message: "boom".into(),
                     causes: vec!["inner".into()],
                 }),
+                output: Some(serde_json::json!({"exit_code": 3})),
             }),
+            Body::CallResult(CallResult {
+                outcome: CallOutcome::Cancelled(ErrorReport {
+                    message: "cancelled".into(),
+                    causes: vec![],
+                }),
+                output: None,
+            }),
+            Body::CallOutput(CallOutput {
+                stream: OutputStream::Stderr,
+                offset: 65_536,
+                data: b"\x00\xffhello\n".to_vec(),
+            }),
+            Body::CancelCall(CancelCall {}),
             Body::Error(ErrorBody {
                 code: ErrorCode::UnknownCapability,
                 message: "no such capability: frobnicate".into(),
+            }),
+            Body::Error(ErrorBody {
+                code: ErrorCode::DuplicateCall,
+                message: "call 5 already ran".into(),
+            }),
+            Body::Error(ErrorBody {
+                code: ErrorCode::UnknownCall,
+                message: "no call 6".into(),
             }),
         ]
     }
@@ -391,6 +442,90 @@ mod tests {
             "84a17601a26964 05a27265c0a4626f647981af6361706162696c6974795f63616c6c82aa6361706162696c697479a7696e7370656374a46172677380"
                 .replace(' ', "")
         );
+    }
+
+    #[test]
+    fn golden_call_output_and_cancel() {
+        let env = Envelope::reply(
+            MessageId(5),
+            MessageId(3),
+            Body::CallOutput(CallOutput {
+                stream: OutputStream::Stdout,
+                offset: 0,
+                data: b"hi".to_vec(),
+            }),
+        );
+        // body: {call_output: {stream: "stdout", offset: 0, data: bin8(2) "hi"}}
+        assert_eq!(
+            hex::encode(encode(&env).unwrap()),
+            "84a17601a2696405a2726503a4626f647981ab63616c6c5f6f757470757483a673747265616da67374646f7574a66f666673657400a464617461c4026869"
+        );
+        let env = Envelope::reply(MessageId(6), MessageId(3), Body::CancelCall(CancelCall {}));
+        assert_eq!(
+            hex::encode(encode(&env).unwrap()),
+            "84a17601a2696406a2726503a4626f647981ab63616e63656c5f63616c6c80"
+        );
+    }
+
+    #[test]
+    fn a_full_output_chunk_is_one_value_and_fits_a_frame() {
+        let env = Envelope::reply(
+            MessageId(5),
+            MessageId(3),
+            Body::CallOutput(CallOutput {
+                stream: OutputStream::Stdout,
+                offset: u64::MAX,
+                data: vec![0xab; 64 * 1024],
+            }),
+        );
+        let bytes = encode(&env).unwrap();
+        assert!(bytes.len() < 64 * 1024 + 100, "{}", bytes.len());
+        let mut rest = bytes.as_slice();
+        let mut budget = 20;
+        assert_eq!(skip_values(&mut rest, 1, &mut budget), Walk::Done);
+        assert_eq!(decode(&bytes, DEFAULT_MAX_FRAME).unwrap(), env);
+    }
+
+    #[test]
+    fn older_messages_decode_with_the_new_fields_empty() {
+        // A CallResult and an InventoryUpdate as a build before jobs encoded them.
+        #[derive(serde::Serialize)]
+        struct OldResult {
+            outcome: CallOutcome,
+        }
+        let bytes = rmp_serde::to_vec_named(&OldResult {
+            outcome: CallOutcome::Succeeded(serde_json::json!(1)),
+        })
+        .unwrap();
+        let result: CallResult = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(result.output, None);
+        #[derive(serde::Serialize)]
+        struct OldUpdate {
+            inventory: serde_json::Value,
+            version: u64,
+        }
+        let bytes = rmp_serde::to_vec_named(&OldUpdate {
+            inventory: serde_json::json!({}),
+            version: 4,
+        })
+        .unwrap();
+        let update: InventoryUpdate = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!((update.version, update.collected_at), (4, None));
+        // A chunk from a peer that wrote bytes as an array of numbers still reads.
+        #[derive(serde::Serialize)]
+        struct ArrayChunk {
+            stream: OutputStream,
+            offset: u64,
+            data: Vec<u8>,
+        }
+        let bytes = rmp_serde::to_vec_named(&ArrayChunk {
+            stream: OutputStream::Stderr,
+            offset: 1,
+            data: vec![1, 2, 3],
+        })
+        .unwrap();
+        let chunk: CallOutput = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(chunk.data, vec![1, 2, 3]);
     }
 
     #[test]
@@ -478,6 +613,7 @@ mod tests {
             Body::InventoryUpdate(InventoryUpdate {
                 inventory: serde_json::json!({"zeros": vec![0u8; 300_000]}),
                 version: 1,
+                collected_at: None,
             }),
         );
         let frame = encode(&env).unwrap();

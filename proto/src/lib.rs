@@ -23,11 +23,12 @@ pub mod inventory;
 pub mod mercury_id;
 pub mod message;
 
-pub use capability::{ArgInfo, CapabilityInfo};
+pub use capability::{check_args, ArgError, ArgInfo, CapabilityInfo};
 pub use envelope::{Envelope, MessageId, PROTOCOL_VERSION};
 pub use error_report::ErrorReport;
 pub use mercury_id::MercuryId;
 pub use message::{
-    Body, CallOutcome, CallProgress, CallResult, CapabilityCall, ErrorBody, ErrorCode, Heartbeat,
-    InventoryDelta, InventoryUpdate, Register, Registered,
+    Body, CallFinished, CallOutcome, CallOutput, CallProgress, CallRecord, CallResult, CancelCall,
+    CapabilityCall, ErrorBody, ErrorCode, Heartbeat, InventoryDelta, InventoryUpdate, OutputStream,
+    Register, Registered,
 };

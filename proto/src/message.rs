@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::capability::CapabilityInfo;
+use crate::envelope::MessageId;
 use crate::error_report::ErrorReport;
 use crate::mercury_id::MercuryId;
 
@@ -29,6 +30,10 @@ pub enum Body {
     CallProgress(CallProgress),
     /// Agent -> controller: the final outcome of a call (`re` = the call's id).
     CallResult(CallResult),
+    /// Agent -> controller: bytes a running call wrote (`re` = the call's id).
+    CallOutput(CallOutput),
+    /// Controller -> agent: stop the running call named by `re`.
+    CancelCall(CancelCall),
     /// Either way: the request named by `re` (or an undecodable one) was refused.
     Error(ErrorBody),
 }
@@ -45,6 +50,8 @@ impl Body {
             Body::CapabilityCall(_) => "capability_call",
             Body::CallProgress(_) => "call_progress",
             Body::CallResult(_) => "call_result",
+            Body::CallOutput(_) => "call_output",
+            Body::CancelCall(_) => "cancel_call",
             Body::Error(_) => "error",
         }
     }
@@ -70,6 +77,36 @@ pub struct Register {
     /// Build id of the boot image the agent runs in (`image.json`), when it runs in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// Calls this agent process is running or finished recently, so a controller that lost
+    /// track (restarted) can reconcile; a finished call is repeated until it ages out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallRecord>,
+    /// When the inventory was collected (RFC 3339, agent clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_at: Option<String>,
+}
+
+/// A call an agent process is running or has finished, as reported at registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// The call's id (the `id` of its `CapabilityCall` envelope).
+    pub id: MessageId,
+    /// The capability called.
+    pub capability: String,
+    /// When it started (RFC 3339, agent clock).
+    pub started_at: String,
+    /// How it ended; `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<CallFinished>,
+}
+
+/// How and when a reported call ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallFinished {
+    /// The result, as sent (or as it would have been sent) in `CallResult`.
+    pub result: CallResult,
+    /// When it ended (RFC 3339, agent clock).
+    pub finished_at: String,
 }
 
 /// The controller accepted a registration.
@@ -91,6 +128,9 @@ pub struct InventoryUpdate {
     /// The agent's version number of this inventory.
     #[serde(default)]
     pub version: u64,
+    /// When the inventory was collected (RFC 3339, agent clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_at: Option<String>,
 }
 
 /// The difference between two inventories, as an RFC 6902 JSON patch.
@@ -105,6 +145,9 @@ pub struct InventoryDelta {
     pub version: u64,
     /// The changes.
     pub patch: json_patch::Patch,
+    /// When the new inventory was collected (RFC 3339, agent clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_at: Option<String>,
 }
 
 /// Run one capability with arguments.
@@ -127,11 +170,40 @@ pub struct CallProgress {
     pub percent: Option<f32>,
 }
 
+/// Which output stream of a call bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A chunk of a running call's output; chunks of one stream arrive in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallOutput {
+    /// The stream the bytes were written to.
+    pub stream: OutputStream,
+    /// Byte offset of `data` within the stream.
+    pub offset: u64,
+    /// The bytes (MessagePack `bin`, not an array of numbers).
+    #[serde(with = "bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Stop the call named by the envelope's `re`; it ends with outcome `cancelled`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelCall {}
+
 /// The final outcome of a call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallResult {
     /// Success with output, or failure with the error chain.
     pub outcome: CallOutcome,
+    /// The structured output of a call that did not succeed (for `run`: exit code, streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 /// How a call ended.
@@ -142,6 +214,10 @@ pub enum CallOutcome {
     Succeeded(serde_json::Value),
     /// The capability failed.
     Failed(ErrorReport),
+    /// The call ran out of time and was stopped.
+    TimedOut(ErrorReport),
+    /// The call was stopped by a `CancelCall`.
+    Cancelled(ErrorReport),
 }
 
 /// A refusal: what went wrong and a code the peer can act on.
@@ -173,7 +249,56 @@ pub enum ErrorCode {
     Internal,
     /// An inventory delta names a base version the controller does not have.
     StaleBase,
+    /// This agent process already ran (or is running) a call with this id; it never runs twice.
+    DuplicateCall,
+    /// `CancelCall` names a call this agent is not running.
+    UnknownCall,
     /// A code from a newer peer.
     #[serde(other)]
     Other,
+}
+
+/// `Vec<u8>` as MessagePack `bin` (one value, not one per byte); reads arrays of numbers too.
+mod bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            Ok(v.as_bytes().to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // The size hint comes from the peer: cap what it may make us reserve.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64 * 1024));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                out.push(byte);
+            }
+            Ok(out)
+        }
+    }
 }

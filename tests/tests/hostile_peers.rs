@@ -67,6 +67,8 @@ impl Peer {
             inventory,
             inventory_version: 1,
             image_id: None,
+            calls: Vec::new(),
+            collected_at: None,
         })
     }
 
@@ -142,6 +144,7 @@ async fn deeply_nested_deltas_are_refused_and_the_store_reopens() {
                 json!([{"op": "add", "path": format!("/x{round}"), "value": nested}]),
             )
             .unwrap(),
+            collected_at: None,
         });
         peer.send(delta).await;
         let reply = peer.recv().await;
@@ -401,6 +404,8 @@ async fn calls_are_bounded_and_fail_at_once_when_the_agent_disconnects() {
         doc: "never answers".into(),
         args: Vec::new(),
         exclusive: false,
+        destructive: false,
+        default_timeout: 0,
     };
     let body = peer.register_body(json!({}), vec![slow]);
     peer.send(body).await;
@@ -486,6 +491,8 @@ async fn a_restart_after_kill_9_shows_no_stale_online_agents_and_no_half_registr
                 inventory: json!({"n": n, "pad": "x".repeat(20_000)}),
                 inventory_version: 1,
                 image_id: None,
+                calls: Vec::new(),
+                collected_at: None,
             });
             let frame = codec::encode(&Envelope::new(MessageId(1), body)).unwrap();
             let _ = socket.send(&frame).await;

@@ -37,6 +37,8 @@ fn register(id: &str, inventory: Value) -> Vec<u8> {
             inventory,
             inventory_version: 1,
             image_id: None,
+            calls: Vec::new(),
+            collected_at: None,
         }),
     ))
     .unwrap()

@@ -155,7 +155,12 @@ impl AgentProtocol {
                     .on_reply(conn.identity(), env.re, Reply::Refused(error));
                 false
             }
-            Body::Registered(_) | Body::CapabilityCall(_) => {
+            // Output chunks are not collected yet (jobs will store them): a sign of life only.
+            Body::CallOutput(_) => {
+                self.registry.seen(conn);
+                false
+            }
+            Body::Registered(_) | Body::CapabilityCall(_) | Body::CancelCall(_) => {
                 Counters::bump(&self.counters.refused);
                 self.reply_error(
                     conn,
@@ -512,6 +517,8 @@ mod tests {
             inventory,
             inventory_version: version,
             image_id: Some("img-1".into()),
+            calls: Vec::new(),
+            collected_at: None,
         })
     }
 
@@ -520,6 +527,7 @@ mod tests {
             base,
             version,
             patch: serde_json::from_value(patch).unwrap(),
+            collected_at: None,
         })
     }
 
@@ -698,6 +706,7 @@ mod tests {
             Body::InventoryUpdate(InventoryUpdate {
                 inventory: json!({}),
                 version: 2,
+                collected_at: None,
             }),
         )
         .await;

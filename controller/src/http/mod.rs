@@ -283,6 +283,12 @@ async fn call_capability(
         CallOutcome::Failed(report) => {
             json!({"outcome": "failed", "error": report, "progress": progress})
         }
+        CallOutcome::TimedOut(report) => {
+            json!({"outcome": "timed_out", "error": report, "progress": progress})
+        }
+        CallOutcome::Cancelled(report) => {
+            json!({"outcome": "cancelled", "error": report, "progress": progress})
+        }
     }))
 }
 
