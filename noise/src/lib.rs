@@ -42,6 +42,11 @@ pub const CHUNK_PAYLOAD: usize = MAX_NOISE_MESSAGE - TAG - 1;
 pub const FIRST_MESSAGE_LEN: usize = 32 + 32 + TAG + TAG;
 /// Length of the controller's reply (no payload): ephemeral key and the empty payload's tag.
 pub const REPLY_LEN: usize = 32 + TAG;
+/// Largest payload the agent's first message may carry (an enrollment token): it is encrypted
+/// to the controller's key and bound to the agent's, so it never travels in an envelope.
+pub const MAX_FIRST_PAYLOAD: usize = 256;
+/// Largest first message a controller reads.
+pub const MAX_FIRST_MESSAGE_LEN: usize = FIRST_MESSAGE_LEN + MAX_FIRST_PAYLOAD;
 const KEY_LEN: usize = 32;
 const LAST: u8 = 1;
 const MORE: u8 = 0;
@@ -181,13 +186,26 @@ impl Initiator {
     /// Starts a handshake as `local` towards the controller known by `server`; returns the
     /// first message to send.
     pub fn new(local: &KeyPair, server: &PublicKey) -> Result<(Self, Vec<u8>), NoiseError> {
+        Self::with_payload(local, server, &[])
+    }
+
+    /// As [`Initiator::new`], carrying `payload` (at most [`MAX_FIRST_PAYLOAD`] bytes, e.g. a
+    /// one-time enrollment token) encrypted to the controller's key inside the first message.
+    pub fn with_payload(
+        local: &KeyPair,
+        server: &PublicKey,
+        payload: &[u8],
+    ) -> Result<(Self, Vec<u8>), NoiseError> {
+        if payload.len() > MAX_FIRST_PAYLOAD {
+            return Err(NoiseError::BadFraming);
+        }
         let state = builder()
             .local_private_key(&local.secret)
             .and_then(|b| b.remote_public_key(server.as_bytes()))
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(Builder::build_initiator)
             .map_err(NoiseError::Handshake)?;
-        Self::first(state, &[])
+        Self::first(state, payload)
     }
 
     fn first(mut state: HandshakeState, payload: &[u8]) -> Result<(Self, Vec<u8>), NoiseError> {
@@ -215,7 +233,7 @@ impl Initiator {
 
 /// The controller's side: reads the agent's first message with `local` (the controller's key)
 /// and returns the reply to send and the session. The agent's key is
-/// [`Session::remote_key`].
+/// [`Session::remote_key`], what its first message carried [`Session::first_payload`].
 pub fn respond(local: &KeyPair, first: &[u8]) -> Result<(Vec<u8>, Session), NoiseError> {
     let state = builder()
         .local_private_key(&local.secret)
@@ -233,22 +251,26 @@ fn respond_with(
     if first.len() > MAX_NOISE_MESSAGE {
         return Err(NoiseError::BadFraming);
     }
-    let mut ignored = vec![0u8; first.len()];
-    state
-        .read_message(first, &mut ignored)
+    let mut received = vec![0u8; first.len()];
+    let n = state
+        .read_message(first, &mut received)
         .map_err(NoiseError::Handshake)?;
+    received.truncate(n);
     let mut reply = vec![0u8; REPLY_LEN + payload.len()];
     let n = state
         .write_message(payload, &mut reply)
         .map_err(NoiseError::Handshake)?;
     reply.truncate(n);
-    Ok((reply, Session::from_handshake(state)?))
+    let mut session = Session::from_handshake(state)?;
+    session.payload = received;
+    Ok((reply, session))
 }
 
 /// A completed handshake.
 pub struct Session {
     transport: Arc<StatelessTransportState>,
     remote: PublicKey,
+    payload: Vec<u8>,
 }
 
 impl Session {
@@ -263,12 +285,18 @@ impl Session {
         Ok(Self {
             transport: Arc::new(transport),
             remote,
+            payload: Vec::new(),
         })
     }
 
     /// The peer's long-term key, proven during the handshake.
     pub fn remote_key(&self) -> &PublicKey {
         &self.remote
+    }
+
+    /// What the agent's first message carried (the controller's side; empty on the agent's).
+    pub fn first_payload(&self) -> &[u8] {
+        &self.payload
     }
 
     /// The outgoing and incoming halves.
@@ -430,6 +458,25 @@ mod tests {
         let agent_session = initiator.finish(&reply).unwrap();
         assert_eq!(agent_session.remote_key(), server.public());
         (agent_session, controller)
+    }
+
+    #[test]
+    fn the_first_message_carries_a_bounded_payload_to_the_controller_only() {
+        let server = KeyPair::generate().unwrap();
+        let agent = KeyPair::generate().unwrap();
+        let token = b"qsb_0123456789ab_secret";
+        let (initiator, first) = Initiator::with_payload(&agent, server.public(), token).unwrap();
+        assert!(first.len() <= MAX_FIRST_MESSAGE_LEN);
+        // Encrypted: the token's bytes are not on the wire.
+        assert!(!first.windows(token.len()).any(|w| w == token));
+        let (reply, controller) = respond(&server, &first).unwrap();
+        assert_eq!(controller.first_payload(), token);
+        assert!(initiator.finish(&reply).unwrap().first_payload().is_empty());
+        // Another controller's key cannot read it.
+        let other = KeyPair::generate().unwrap();
+        assert!(respond(&other, &first).is_err());
+        let long = vec![7u8; MAX_FIRST_PAYLOAD + 1];
+        assert!(Initiator::with_payload(&agent, server.public(), &long).is_err());
     }
 
     /// The Noise specification's test vector for this protocol (cacophony, as shipped with

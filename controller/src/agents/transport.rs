@@ -124,6 +124,8 @@ pub struct Connection {
     /// Seals what `send` queues; a lock, so that sealing order (the nonce) is queue order.
     sealer: Option<tokio::sync::Mutex<Sealer>>,
     peer_key: Option<PublicKey>,
+    /// The one-time enrollment token the agent's handshake carried, if any.
+    enrollment_token: Option<String>,
 }
 
 impl Connection {
@@ -142,7 +144,19 @@ impl Connection {
             closed: CancellationToken::new(),
             sealer: None,
             peer_key: None,
+            enrollment_token: None,
         }
+    }
+
+    /// The same connection, carrying the enrollment token its handshake presented.
+    pub fn with_enrollment_token(mut self, token: Option<String>) -> Self {
+        self.enrollment_token = token;
+        self
+    }
+
+    /// The one-time enrollment (boot) token the agent presented inside its Noise handshake.
+    pub fn enrollment_token(&self) -> Option<&str> {
+        self.enrollment_token.as_deref()
     }
 
     /// A connection whose messages are sealed for the agent whose key is `peer_key`.
@@ -390,11 +404,17 @@ async fn serve_connection<H: Handler>(
         }
     };
     let peer_key = *session.remote_key();
+    // Text or nothing: the payload was authenticated, but its meaning is enrollment's to judge.
+    let token = std::str::from_utf8(session.first_payload())
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
     let (sealer, mut opener) = session.split();
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let conn = Arc::new(Connection::sealed(
-        id, peer, identity, outbox, sealer, peer_key,
-    ));
+    let conn = Arc::new(
+        Connection::sealed(id, peer, identity, outbox, sealer, peer_key)
+            .with_enrollment_token(token),
+    );
     debug!(%peer, mercury_id = %conn.identity(), agent_key = %peer_key, "agent connected");
     let writer = tokio::spawn(write_loop(write, outbox_rx, conn.clone()));
     let outcome = tokio::select! {
@@ -424,8 +444,9 @@ async fn serve_connection<H: Handler>(
     }
 }
 
-/// Largest first message accepted: the Noise handshake message carries no payload.
-const MAX_HANDSHAKE_MESSAGE: u64 = qs_noise::FIRST_MESSAGE_LEN as u64;
+/// Largest first message accepted: the Noise handshake message with at most a short payload
+/// (an enrollment token).
+const MAX_HANDSHAKE_MESSAGE: u64 = qs_noise::MAX_FIRST_MESSAGE_LEN as u64;
 
 /// Greeting both ways, the peer's commands up to READY, then the Noise handshake; returns the
 /// peer's MercuryId and the session.
@@ -896,7 +917,14 @@ mod tests {
         cw.write_all(&input).await.unwrap();
         let (mut sr, mut sw) = tokio::io::split(&mut server);
         let r = handshake(&mut sr, &mut sw, &key).await;
-        assert!(matches!(r, Err(TransportError::NotAHandshake)), "{r:?}");
+        // Short enough to be a handshake with a payload: it fails as one.
+        assert!(
+            matches!(
+                r,
+                Err(TransportError::NotAHandshake | TransportError::Noise(_))
+            ),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
