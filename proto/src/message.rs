@@ -253,6 +253,9 @@ pub enum ErrorCode {
     DuplicateCall,
     /// `CancelCall` names a call this agent is not running.
     UnknownCall,
+    /// The controller has not admitted this agent yet (its enrollment policy is `approve`):
+    /// the agent ends the session and registers again later, with backoff.
+    EnrollmentPending,
     /// A code from a newer peer.
     #[serde(other)]
     Other,
