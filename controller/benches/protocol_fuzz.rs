@@ -119,6 +119,7 @@ fn seeds(id: &MercuryId, inventory: &Value) -> Vec<(&'static str, Envelope)> {
                 Body::CallProgress(CallProgress {
                     message: "half".into(),
                     percent: Some(50.0),
+                    stage: None,
                 }),
             ),
         ),

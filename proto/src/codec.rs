@@ -351,6 +351,12 @@ mod tests {
             Body::CallProgress(CallProgress {
                 message: "half".into(),
                 percent: Some(50.0),
+                stage: None,
+            }),
+            Body::CallProgress(CallProgress {
+                message: "running".into(),
+                percent: None,
+                stage: Some(crate::CallStage::Running),
             }),
             Body::CallResult(CallResult {
                 outcome: CallOutcome::Succeeded(serde_json::json!([1, 2])),
@@ -698,7 +704,7 @@ mod tests {
 
         #[test]
         fn encode_then_decode_is_identity(id in any::<u64>(), re in any::<Option<u64>>(), msg in ".{0,64}", pct in any::<Option<f32>>().prop_filter("NaN never equals itself", |p| p.is_none_or(|x| !x.is_nan()))) {
-            let env = Envelope { v: PROTOCOL_VERSION, id: MessageId(id), re: re.map(MessageId), body: Body::CallProgress(CallProgress { message: msg, percent: pct }) };
+            let env = Envelope { v: PROTOCOL_VERSION, id: MessageId(id), re: re.map(MessageId), body: Body::CallProgress(CallProgress { message: msg, percent: pct, stage: None }) };
             let back = decode(&encode(&env).unwrap(), DEFAULT_MAX_FRAME).unwrap();
             prop_assert_eq!(back, env);
         }

@@ -28,7 +28,7 @@ pub use envelope::{Envelope, MessageId, PROTOCOL_VERSION};
 pub use error_report::ErrorReport;
 pub use mercury_id::MercuryId;
 pub use message::{
-    Body, CallFinished, CallOutcome, CallOutput, CallProgress, CallRecord, CallResult, CancelCall,
-    CapabilityCall, ErrorBody, ErrorCode, Heartbeat, InventoryDelta, InventoryUpdate, OutputStream,
-    Register, Registered,
+    Body, CallFinished, CallOutcome, CallOutput, CallProgress, CallRecord, CallResult, CallStage,
+    CancelCall, CapabilityCall, ErrorBody, ErrorCode, Heartbeat, InventoryDelta, InventoryUpdate,
+    OutputStream, Register, Registered,
 };

@@ -168,6 +168,19 @@ pub struct CallProgress {
     /// Completion in percent, when known.
     #[serde(default)]
     pub percent: Option<f32>,
+    /// Set when the report marks a step of the call's life (accepted, started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<CallStage>,
+}
+
+/// Where a call is on the agent, as its progress reports say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStage {
+    /// The agent accepted the call (it is new to it and it offers the capability).
+    Received,
+    /// The call started (after the exclusive lock, when it needs it).
+    Running,
 }
 
 /// Which output stream of a call bytes come from.
