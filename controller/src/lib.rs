@@ -12,6 +12,7 @@
 //! protocol in `qs-proto`.
 
 pub mod agents;
+pub mod assets;
 pub mod cli;
 pub mod http;
 pub mod security;
