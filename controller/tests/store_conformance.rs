@@ -189,3 +189,182 @@ async fn drop_databases(urls: &[String]) {
         }
     }
 }
+
+/// Record collections answer queries as inventory does, on either backend: filters on indexed
+/// and other paths, sort (ties in key order), skip, limit, projection, count; index entries
+/// follow rewrites and deletes; records that are not objects or carry `_id` are refused.
+async fn records_answer_queries(store: &Store) {
+    use qs_controller::store::Collection;
+    use serde_json::json;
+    let task = |key: &str, job: &str, host: &str, state: &str, n: i64| Write::Record {
+        collection: Collection::Tasks,
+        key: key.into(),
+        value: Some(
+            json!({"job": job, "host": host, "state": state, "n": n, "tags": [state, "t"]}),
+        ),
+    };
+    let mut writes = vec![Write::Record {
+        collection: Collection::Jobs,
+        key: "j1".into(),
+        value: Some(json!({"state": "running", "created_at": "2026-12-01T10:00:00Z"})),
+    }];
+    for i in 0..12 {
+        let state = ["queued", "running", "done"][i % 3];
+        writes.push(task(
+            &format!("t{i:02}"),
+            if i < 8 { "j1" } else { "j2" },
+            &format!("h{}", i % 4),
+            state,
+            (i as i64 * 7) % 5,
+        ));
+    }
+    store.write_batch(writes).await.unwrap();
+
+    let find = |body: Value| async move {
+        let q = Query::from_request(&body).unwrap();
+        store.find_records(Collection::Tasks, &q).await.unwrap()
+    };
+    let keys = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .map(|d| d["n"].to_string() + "/" + d["host"].as_str().unwrap_or("-"))
+            .collect()
+    };
+    let all = find(json!({})).await;
+    assert_eq!(all.len(), 12);
+    assert_eq!(
+        all[0],
+        json!({"job": "j1", "host": "h0", "state": "queued", "n": 0, "tags": ["queued", "t"]})
+    );
+    // Every answer is the engine's answer over all the records.
+    for body in [
+        json!({"filter": {"job": "j1"}}),
+        json!({"filter": {"job": {"$in": ["j2", "j3"]}, "state": "done"}}),
+        json!({"filter": {"host": "h1", "n": {"$gte": 2}}}),
+        json!({"filter": {"state": {"$gt": "queued"}}}),
+        json!({"filter": {"tags": "running"}}),
+        json!({"filter": {"n": {"$lt": 3}}, "sort": {"n": -1}, "skip": 1, "limit": 3}),
+        json!({"sort": {"state": 1, "n": 1}, "projection": {"host": 1, "n": 1}}),
+        json!({"filter": {"job": "j1"}, "projection": {"tags": 0, "job": 0}, "limit": 2}),
+    ] {
+        let q = Query::from_request(&body).unwrap();
+        let expected = q.run(all.iter());
+        let got = store.find_records(Collection::Tasks, &q).await.unwrap();
+        assert_eq!(got, expected, "{body}");
+        let c = Count::from_request(
+            &json!({"filter": body.get("filter").cloned().unwrap_or(json!({}))}),
+        )
+        .unwrap();
+        let counted = store.count_records(Collection::Tasks, &c).await.unwrap();
+        assert_eq!(counted, c.run(all.iter()), "{body}");
+    }
+    assert_eq!(
+        keys(&find(json!({"filter": {"job": "j2"}, "sort": {"n": 1}})).await),
+        vec!["0/h2", "1/h0", "2/h3", "3/h1"]
+    );
+    // Ties of a sort come in key order.
+    let tied = find(json!({"filter": {"state": "queued"}, "sort": {"job": 1}})).await;
+    assert_eq!(keys(&tied), vec!["0/h0", "1/h3", "2/h2", "3/h1"]);
+
+    // Index entries follow a rewrite and a delete.
+    store
+        .write_batch(vec![
+            task("t00", "j9", "h0", "done", 0),
+            Write::Record {
+                collection: Collection::Tasks,
+                key: "t01".into(),
+                value: None,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(find(json!({"filter": {"job": "j9"}})).await.len(), 1);
+    assert_eq!(find(json!({"filter": {"job": "j1"}})).await.len(), 6);
+    let running = Count::from_request(&json!({"filter": {"state": "running"}})).unwrap();
+    assert_eq!(
+        store
+            .count_records(Collection::Tasks, &running)
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(store
+        .get_record(Collection::Tasks, "t01")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Jobs: an indexed range; an empty collection answers nothing.
+    let jobs =
+        Query::from_request(&json!({"filter": {"created_at": {"$gte": "2026-12-01"}}})).unwrap();
+    assert_eq!(
+        store.find_records(Collection::Jobs, &jobs).await.unwrap(),
+        vec![json!({"state": "running", "created_at": "2026-12-01T10:00:00Z"})]
+    );
+    assert_eq!(
+        store
+            .get_record(Collection::Jobs, "j1")
+            .await
+            .unwrap()
+            .unwrap()["state"],
+        json!("running")
+    );
+    let everything = Query::from_request(&json!({})).unwrap();
+    assert!(store
+        .find_records(Collection::Assets, &everything)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Not an object, or `_id` inside: refused, nothing of the batch written.
+    for bad in [json!([1]), json!({"_id": 1, "state": "x"})] {
+        let err = store
+            .write_batch(vec![
+                Write::Record {
+                    collection: Collection::Jobs,
+                    key: "j2".into(),
+                    value: Some(json!({"state": "queued"})),
+                },
+                Write::Record {
+                    collection: Collection::Jobs,
+                    key: "j3".into(),
+                    value: Some(bad),
+                },
+            ])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotADocument { .. } | StoreError::ReservedField { .. }
+            ),
+            "{err}"
+        );
+    }
+    assert!(store
+        .get_record(Collection::Jobs, "j2")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_record_collections_answer_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    records_answer_queries(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_record_collections_answer_queries() {
+    let server_uri = qs_tests::test_mongodb_uri().unwrap_or_else(|e| panic!("{e:#}"));
+    let url = format!(
+        "{}/qs_records_{}",
+        server_uri.trim_end_matches('/'),
+        std::process::id()
+    );
+    let store = Store::open_mongodb(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    records_answer_queries(&store).await;
+    drop_databases(&[url]).await;
+}

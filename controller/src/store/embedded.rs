@@ -55,6 +55,16 @@ fn record_table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> 
     TableDefinition::new(name)
 }
 
+/// The table of a record collection.
+fn record_table_name(collection: Collection) -> String {
+    format!("record:{}", collection.name())
+}
+
+/// The index table of a record collection's indexed path (entries: encoded value + key).
+fn record_index_name(collection: Collection, path: &str) -> String {
+    format!("record_index:{}:{path}", collection.name())
+}
+
 /// How long a degraded store waits between reopen attempts.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -221,7 +231,49 @@ impl EmbeddedStore {
             }
             info!(paths = ?missing.iter().map(|(p, _)| p).collect::<Vec<_>>(), entries = count, elapsed = ?started.elapsed(), "built indexes");
         }
+        for &collection in Collection::ALL {
+            self.prepare_records(&write, collection)?;
+        }
         write.commit().map_err(self.fail("commit"))?;
+        Ok(())
+    }
+
+    /// Creates a record collection's table and builds its indexes not built yet (records
+    /// written by a controller that did not index them).
+    fn prepare_records(
+        &self,
+        write: &WriteTransaction,
+        collection: Collection,
+    ) -> Result<(), StoreError> {
+        let name = record_table_name(collection);
+        let records = write
+            .open_table(record_table(&name))
+            .map_err(self.fail("open table"))?;
+        let mut built = write.open_table(INDEXES).map_err(self.fail("open table"))?;
+        for path in collection.indexed_paths() {
+            let index = record_index_name(collection, path);
+            if built
+                .get(index.as_str())
+                .map_err(self.fail("read"))?
+                .is_some()
+            {
+                continue;
+            }
+            let mut idx = write
+                .open_table(index_table(&index))
+                .map_err(self.fail("open table"))?;
+            for row in records.iter().map_err(self.fail("scan"))? {
+                let (k, v) = row.map_err(self.fail("scan"))?;
+                let record = decode_doc(k.value(), v.value())?;
+                for key in index::record_keys(Some(&record), path) {
+                    idx.insert(index::key(&key, k.value()).as_slice(), ())
+                        .map_err(self.fail("insert"))?;
+                }
+            }
+            built
+                .insert(index.as_str(), 1)
+                .map_err(self.fail("insert"))?;
+        }
         Ok(())
     }
 
@@ -565,26 +617,164 @@ impl EmbeddedStore {
                         collection,
                         key,
                         value,
-                    } => {
-                        let name = format!("record:{}", collection.name());
-                        let mut t = txn
-                            .open_table(record_table(&name))
-                            .map_err(self.fail("open table"))?;
-                        match value {
-                            Some(v) => {
-                                let bytes = encode_doc(&key, &v)?;
-                                t.insert(key.as_str(), bytes.as_slice())
-                                    .map_err(self.fail("insert"))?;
-                            }
-                            None => {
-                                t.remove(key.as_str()).map_err(self.fail("remove"))?;
-                            }
-                        }
-                    }
+                    } => self.put_record(txn, collection, &key, value)?,
                 }
             }
             Ok(())
         })
+    }
+
+    /// Replaces or removes a record and its index entries, in the batch's transaction.
+    fn put_record(
+        &self,
+        txn: &WriteTransaction,
+        collection: Collection,
+        key: &str,
+        value: Option<Value>,
+    ) -> Result<(), StoreError> {
+        if let Some(v) = &value {
+            super::check_record(key, v)?;
+        }
+        let name = record_table_name(collection);
+        let mut t = txn
+            .open_table(record_table(&name))
+            .map_err(self.fail("open table"))?;
+        let paths = collection.indexed_paths();
+        let old = if paths.is_empty() {
+            None
+        } else {
+            get_doc(&t, key, self)?
+        };
+        for path in paths {
+            let mut idx = txn
+                .open_table(index_table(&record_index_name(collection, path)))
+                .map_err(self.fail("open table"))?;
+            let before = index::record_keys(old.as_ref(), path);
+            let after = index::record_keys(value.as_ref(), path);
+            for k in before.iter().filter(|k| !after.contains(k)) {
+                idx.remove(index::key(k, key).as_slice())
+                    .map_err(self.fail("remove"))?;
+            }
+            for k in after.iter().filter(|k| !before.contains(k)) {
+                idx.insert(index::key(k, key).as_slice(), ())
+                    .map_err(self.fail("insert"))?;
+            }
+        }
+        match value {
+            Some(v) => {
+                let bytes = encode_doc(key, &v)?;
+                t.insert(key, bytes.as_slice())
+                    .map_err(self.fail("insert"))?;
+            }
+            None => {
+                t.remove(key).map_err(self.fail("remove"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every record of a collection that `filter` may select (the candidates of
+    /// an indexed path, or all), in key order, until it breaks.
+    fn each_record(
+        &self,
+        collection: Collection,
+        filter: &qs_query::Filter,
+        mut f: impl FnMut(Value) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let read = self.read()?;
+        let name = record_table_name(collection);
+        let table = match read.open_table(record_table(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(self.fail("open table")(e)),
+        };
+        let paths: Vec<String> = collection
+            .indexed_paths()
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        if let Some(lookup) = index::plan(filter.document(), &paths) {
+            let idx = read
+                .open_table(index_table(&record_index_name(collection, &lookup.path)))
+                .map_err(self.fail("open table"))?;
+            let mut keys = BTreeSet::new();
+            for (start, end) in &lookup.ranges {
+                for row in idx
+                    .range::<&[u8]>((as_slice(start), as_slice(end)))
+                    .map_err(self.fail("scan"))?
+                {
+                    let (k, _) = row.map_err(self.fail("scan"))?;
+                    if let Some(key) = index::id_of(k.value()) {
+                        keys.insert(key);
+                    }
+                }
+            }
+            for key in keys {
+                if let Some(record) = get_doc(&table, &key, self)? {
+                    if filter.matches(&record) && f(record).is_break() {
+                        break;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        for row in table.iter().map_err(self.fail("scan"))? {
+            let (k, v) = row.map_err(self.fail("scan"))?;
+            let record = decode_doc(k.value(), v.value())?;
+            if filter.matches(&record) && f(record).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records of a collection a query selects (ties of its sort in key order).
+    pub fn find_records(
+        &self,
+        collection: Collection,
+        query: &Query,
+    ) -> Result<Vec<Value>, StoreError> {
+        let matched =
+            self.collect_top(query, |f| self.each_record(collection, &query.filter, f))?;
+        Ok(query.run(matched.iter()))
+    }
+
+    /// How many records of a collection a filter selects.
+    pub fn count_records(&self, collection: Collection, count: &Count) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        self.each_record(collection, &count.filter, |_| {
+            n += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok(n)
+    }
+
+    /// The matches `each` gives, cut down while it runs to what a query can return: the first
+    /// `skip + limit` without a sort, the best of them with one.
+    fn collect_top(
+        &self,
+        query: &Query,
+        each: impl FnOnce(&mut dyn FnMut(Value) -> ControlFlow<()>) -> Result<(), StoreError>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let keep = match query.limit {
+            None | Some(0) => None,
+            Some(n) => usize::try_from(n.saturating_add(query.skip.unwrap_or(0))).ok(),
+        };
+        let mut matched: Vec<Value> = Vec::new();
+        each(&mut |doc| {
+            matched.push(doc);
+            match (keep, &query.sort) {
+                (Some(k), Some(sort)) if matched.len() >= 2 * k.max(64) => {
+                    // Stable: ties keep key order, as a full sort would.
+                    matched.sort_by(|a, b| sort.compare(a, b));
+                    matched.truncate(k);
+                    ControlFlow::Continue(())
+                }
+                (Some(k), None) if matched.len() >= k => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        })?;
+        Ok(matched)
     }
 
     /// A record of a controller collection.
@@ -594,7 +784,7 @@ impl EmbeddedStore {
         key: &str,
     ) -> Result<Option<Value>, StoreError> {
         let read = self.read()?;
-        let name = format!("record:{}", collection.name());
+        let name = record_table_name(collection);
         match read.open_table(record_table(&name)) {
             Ok(t) => get_doc(&t, key, self),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
@@ -710,28 +900,9 @@ impl EmbeddedStore {
     /// Runs a query: index candidates or a scan, keeping only matches (and for a sorted,
     /// limited query only the best `skip + limit`).
     pub fn find(&self, query: &Query) -> Result<Vec<Value>, StoreError> {
-        let keep = match query.limit {
-            None | Some(0) => None,
-            Some(n) => usize::try_from(n.saturating_add(query.skip.unwrap_or(0))).ok(),
-        };
-        let mut matched: Vec<Value> = Vec::new();
-        self.each(
-            query.filter_document(),
-            &|d| query.filter.matches(d),
-            |doc| {
-                matched.push(doc);
-                match (keep, &query.sort) {
-                    (Some(k), Some(sort)) if matched.len() >= 2 * k.max(64) => {
-                        // Stable: ties keep MercuryId order, as a full sort would.
-                        matched.sort_by(|a, b| sort.compare(a, b));
-                        matched.truncate(k);
-                        ControlFlow::Continue(())
-                    }
-                    (Some(k), None) if matched.len() >= k => ControlFlow::Break(()),
-                    _ => ControlFlow::Continue(()),
-                }
-            },
-        )?;
+        let matched = self.collect_top(query, |f| {
+            self.each(query.filter_document(), &|d| query.filter.matches(d), f)
+        })?;
         Ok(query.run(matched.iter()))
     }
 
@@ -1199,6 +1370,58 @@ mod tests {
         .unwrap();
         let q = Query::from_request(&json!({"filter": {"agent.online": false}})).unwrap();
         assert_eq!(s.find(&q).unwrap().len(), 20);
+    }
+
+    #[test]
+    fn indexed_record_queries_read_only_their_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let task = |key: &str, job: &str| Write::Record {
+            collection: Collection::Tasks,
+            key: key.into(),
+            value: Some(json!({"job": job, "state": "queued"})),
+        };
+        s.write_batch(vec![task("a", "j1"), task("b", "j2"), task("c", "j1")])
+            .unwrap();
+        // A record no index names, unreadable: only a scan reads it.
+        {
+            let db = s.db().unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(record_table("record:tasks"))
+                .unwrap()
+                .insert("zz", [0x81u8].as_slice())
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let q = Query::from_request(&json!({"filter": {"job": {"$in": ["j1", "j3"]}}})).unwrap();
+        assert_eq!(s.find_records(Collection::Tasks, &q).unwrap().len(), 2);
+        let c = Count::from_request(&json!({"filter": {"job": "j2"}})).unwrap();
+        assert_eq!(s.count_records(Collection::Tasks, &c).unwrap(), 1);
+        let scan = Query::from_request(&json!({"filter": {"other": null}})).unwrap();
+        let scanned = s.find_records(Collection::Tasks, &scan);
+        assert!(
+            matches!(scanned, Err(StoreError::Corrupt { .. })),
+            "{scanned:?}"
+        );
+        // Records written before their index existed are indexed at the next open.
+        {
+            let db = s.db().unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(record_table("record:tasks"))
+                .unwrap()
+                .remove("zz")
+                .unwrap();
+            w.open_table(INDEXES)
+                .unwrap()
+                .remove("record_index:tasks:job")
+                .unwrap();
+            w.delete_table(index_table("record_index:tasks:job"))
+                .unwrap();
+            w.commit().unwrap();
+        }
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.find_records(Collection::Tasks, &q).unwrap().len(), 2);
     }
 
     #[test]

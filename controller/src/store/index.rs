@@ -150,7 +150,19 @@ pub fn keys_of(part: Option<&Value>, path: &str) -> Vec<Vec<u8>> {
         Part::Agent | Part::Boot => &parts[1..],
         Part::Id | Part::Inventory => &parts[..],
     };
-    let mut keys: Vec<Vec<u8>> = values_at(doc, rel).into_iter().filter_map(encode).collect();
+    sorted_keys(values_at(doc, rel))
+}
+
+/// The encoded values of a record at an indexed path (deduplicated): records have no
+/// controller-owned parts, so the path is read from the record's top.
+pub fn record_keys(record: Option<&Value>, path: &str) -> Vec<Vec<u8>> {
+    let Some(doc) = record else { return Vec::new() };
+    let parts: Vec<&str> = path.split('.').collect();
+    sorted_keys(values_at(doc, &parts))
+}
+
+fn sorted_keys(values: Vec<&Value>) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = values.into_iter().filter_map(encode).collect();
     keys.sort_unstable();
     keys.dedup();
     keys

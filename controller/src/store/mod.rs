@@ -91,6 +91,14 @@ pub enum StoreError {
         /// The document's MercuryId.
         id: String,
     },
+    /// A record uses a field the store reserves.
+    #[error("record {id} has a field {field}, which the store reserves")]
+    ReservedField {
+        /// The record's key.
+        id: String,
+        /// The field.
+        field: &'static str,
+    },
     /// A compare-and-swap found another version than the one the write was made against.
     #[error("document {id} is at version {found}, not {expected}")]
     Conflict {
@@ -153,7 +161,8 @@ pub enum Write {
     },
     /// Replaces (or with `None` removes) a record of a controller collection other than
     /// inventory (jobs, tasks, events, tokens, audit): later features add a collection name,
-    /// not a backend method.
+    /// not a backend method. A record is a JSON object without an `_id` field
+    /// ([`StoreError::NotADocument`], [`StoreError::ReservedField`] otherwise).
     Record {
         /// The collection.
         collection: Collection,
@@ -177,28 +186,86 @@ impl Write {
 }
 
 /// A collection of controller records beside inventory; every backend stores any of them the
-/// same way (one JSON document per key, written in the same transaction as inventory).
+/// same way (one JSON object per key, written in the same transaction as inventory) and answers
+/// [`Store::find_records`] / [`Store::count_records`] over them as it answers inventory queries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Collection {
     /// Inventory-derived events (hardware changes).
     Events,
-    /// Jobs and their tasks.
+    /// Jobs.
     Jobs,
+    /// The tasks of jobs (one per job and host).
+    Tasks,
+    /// Output and progress lines of tasks.
+    TaskLogs,
+    /// Assets (files, images) jobs refer to.
+    Assets,
     /// API tokens.
     Tokens,
     /// The audit log.
     Audit,
+    /// Agent enrollment: pending, approved and allowed MercuryIds, identity conflicts.
+    Enrollment,
+    /// One-time boot tokens (hashes) that admit an agent.
+    BootTokens,
 }
 
 impl Collection {
+    /// Every collection, for backends that prepare them all at start.
+    pub const ALL: &'static [Collection] = &[
+        Collection::Events,
+        Collection::Jobs,
+        Collection::Tasks,
+        Collection::TaskLogs,
+        Collection::Assets,
+        Collection::Tokens,
+        Collection::Audit,
+        Collection::Enrollment,
+        Collection::BootTokens,
+    ];
+
     /// The collection's name in the backend.
     pub fn name(self) -> &'static str {
         match self {
             Collection::Events => "events",
             Collection::Jobs => "jobs",
+            Collection::Tasks => "tasks",
+            Collection::TaskLogs => "task_logs",
+            Collection::Assets => "assets",
             Collection::Tokens => "tokens",
             Collection::Audit => "audit",
+            Collection::Enrollment => "enrollment",
+            Collection::BootTokens => "boot_tokens",
         }
+    }
+
+    /// The record paths indexed in this collection: an equality, `$in` or range on one of them
+    /// reads only the records it names (on the embedded backend; MongoDB gets the same indexes).
+    pub fn indexed_paths(self) -> &'static [&'static str] {
+        match self {
+            Collection::Jobs => &["state", "created_at"],
+            Collection::Tasks => &["job", "host", "state"],
+            Collection::Events
+            | Collection::TaskLogs
+            | Collection::Assets
+            | Collection::Tokens
+            | Collection::Audit
+            | Collection::Enrollment
+            | Collection::BootTokens => &[],
+        }
+    }
+}
+
+/// A record's checks before it is stored: a JSON object without `_id` (the key plays that part,
+/// and the MongoDB backend stores it there).
+pub(crate) fn check_record(key: &str, value: &Value) -> Result<(), StoreError> {
+    match value {
+        Value::Object(m) if m.contains_key("_id") => Err(StoreError::ReservedField {
+            id: key.to_owned(),
+            field: "_id",
+        }),
+        Value::Object(_) => Ok(()),
+        _ => Err(StoreError::NotADocument { id: key.to_owned() }),
     }
 }
 
@@ -458,6 +525,37 @@ impl Store {
                 blocking(move || s.get_record(collection, &key)).await
             }
             Store::Mongo(s) => s.get_record(collection, key).await,
+        }
+    }
+
+    /// The records of a collection a query selects, sorted (ties in key order), paged and
+    /// projected, with the semantics of inventory queries.
+    pub async fn find_records(
+        &self,
+        collection: Collection,
+        query: &Query,
+    ) -> Result<Vec<Value>, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let (s, q) = (s.clone(), query.clone());
+                blocking(move || s.find_records(collection, &q)).await
+            }
+            Store::Mongo(s) => s.find_records(collection, query).await,
+        }
+    }
+
+    /// How many records of a collection a filter selects.
+    pub async fn count_records(
+        &self,
+        collection: Collection,
+        count: &Count,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let (s, c) = (s.clone(), count.clone());
+                blocking(move || s.count_records(collection, &c)).await
+            }
+            Store::Mongo(s) => s.count_records(collection, count).await,
         }
     }
 

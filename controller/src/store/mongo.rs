@@ -5,7 +5,8 @@
 //! inventory's fields in the agent's order, the controller's `agent` and `boot`, and `_rev`,
 //! the inventory version compare-and-swap checks), `inventory_history` (one row per kept
 //! version: `mercury_id`, `seq`, `at`, `changes`, `reverse` as JSON text), `meta` (the epoch
-//! counter) and one collection per [`Collection`]. Indexes are created on first use after start
+//! counter) and one collection per [`Collection`] (each record a document: its key as `_id`, then
+//! its fields). Indexes are created on first use after start
 //! (`mercury_id` unique, the indexed paths, history by host and seq).
 //!
 //! Filters, projections, sorts, skips, limits, counts, distincts and pipelines go to the
@@ -179,6 +180,19 @@ impl MongoStore {
             )
             .await
             .map_err(|e| self.unavailable("create indexes", &e))?;
+        for &collection in Collection::ALL {
+            let models: Vec<IndexModel> = collection
+                .indexed_paths()
+                .iter()
+                .map(|path| IndexModel::builder().keys(doc! {*path: 1}).build())
+                .collect();
+            if !models.is_empty() {
+                self.coll(collection.name())
+                    .create_indexes(models)
+                    .await
+                    .map_err(|e| self.unavailable("create indexes", &e))?;
+            }
+        }
         self.indexes_ready.store(true, Ordering::Release);
         info!(store = %self.url, indexes = ?self.indexes, "MongoDB indexes ready");
         Ok(())
@@ -296,6 +310,16 @@ impl MongoStore {
 
     /// Applies the writes one by one (each atomic on its own).
     pub async fn write_batch(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        for w in &writes {
+            if let Write::Record {
+                key,
+                value: Some(v),
+                ..
+            } = w
+            {
+                super::check_record(key, v)?;
+            }
+        }
         self.ready().await?;
         for w in writes {
             match w {
@@ -336,13 +360,10 @@ impl MongoStore {
                     let coll = self.coll(collection.name());
                     match value {
                         Some(v) => {
-                            coll.replace_one(
-                                doc! {"_id": &key},
-                                doc! {"_id": &key, "value": to_bson(&v)},
-                            )
-                            .upsert(true)
-                            .await
-                            .map_err(|e| self.error("write", e))?;
+                            coll.replace_one(doc! {"_id": &key}, record_document(&key, &v))
+                                .upsert(true)
+                                .await
+                                .map_err(|e| self.error("write", e))?;
                         }
                         None => {
                             coll.delete_one(doc! {"_id": &key})
@@ -535,12 +556,68 @@ impl MongoStore {
         collection: Collection,
         key: &str,
     ) -> Result<Option<Value>, StoreError> {
+        self.ready().await?;
         let found = self
             .coll(collection.name())
             .find_one(doc! {"_id": key})
+            .projection(doc! {"_id": 0})
             .await
             .map_err(|e| self.error("read", e))?;
-        Ok(found.and_then(|d| d.get("value").map(to_json)))
+        Ok(found.map(|d| to_json(&Bson::Document(d))))
+    }
+
+    /// Runs a query over a record collection on the server; ties of the sort (and everything
+    /// without one) come in key order, as on the embedded backend.
+    pub async fn find_records(
+        &self,
+        collection: Collection,
+        query: &Query,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.ready().await?;
+        let mut sort = match query.sort_document() {
+            Some(s) => query_document(s),
+            None => Document::new(),
+        };
+        if !sort.contains_key("_id") {
+            sort.insert("_id", 1);
+        }
+        let coll = self.coll(collection.name());
+        let mut find = coll
+            .find(query_document(query.filter_document()))
+            .projection(query_document(&qs_query::server::find_projection(
+                query.projection_document(),
+            )))
+            .sort(sort);
+        if let Some(skip) = query.skip.filter(|s| *s > 0) {
+            find = find.skip(skip);
+        }
+        if let Some(limit) = query.limit.filter(|l| *l > 0) {
+            find = find.limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let docs: Vec<Document> = find
+            .await
+            .map_err(|e| self.error("find", e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.error("find", e))?;
+        self.healthy();
+        Ok(docs
+            .into_iter()
+            .map(|d| to_json(&Bson::Document(d)))
+            .collect())
+    }
+
+    /// Counts records of a collection on the server.
+    pub async fn count_records(
+        &self,
+        collection: Collection,
+        count: &Count,
+    ) -> Result<u64, StoreError> {
+        self.ready().await?;
+        self.coll(collection.name())
+            .count_documents(query_document(count.filter.document()))
+            .await
+            .map_err(|e| self.error("count", e))
     }
 
     /// Runs a query on the server.
@@ -613,6 +690,16 @@ impl MongoStore {
             .map(|d| to_json(&Bson::Document(d)))
             .collect())
     }
+}
+
+/// A record as stored: its key as `_id`, then its fields in their order.
+fn record_document(key: &str, record: &Value) -> Document {
+    let mut out = Document::new();
+    out.insert("_id", key);
+    if let Bson::Document(fields) = to_bson(record) {
+        out.extend(fields);
+    }
+    out
 }
 
 fn redact_text(text: &str, url: &str, shown: &str) -> String {
