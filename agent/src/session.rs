@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use qs_capabilities::{CapabilityError, Registry};
+use qs_capabilities::{CallContext, CapabilityError, Registry};
 use qs_inspectors::SysRoot;
 use qs_noise::{Initiator, KeyPair, PublicKey};
 use qs_proto::codec::{self, DecodeError};
@@ -637,19 +637,17 @@ async fn serve_call(
         let agent = agent.clone();
         let call = call.clone();
         tokio::task::spawn_blocking(move || {
-            let mut progress = |message: &str, percent: Option<f32>| {
+            let ctx = CallContext::new().with_progress(move |message, percent| {
                 let _ = progress_tx.send((message.to_owned(), percent));
-            };
-            agent
-                .capabilities
-                .call(&call.capability, &call.args, &mut progress)
+            });
+            agent.capabilities.call(&call.capability, &call.args, &ctx)
         })
     };
     tokio::pin!(runner);
     let result = loop {
         tokio::select! {
             Some((message, percent)) = progress_rx.recv() => {
-                let body = Body::CallProgress(CallProgress { message, percent });
+                let body = Body::CallProgress(CallProgress { message, percent, stage: None });
                 let _ = outbox.send(Envelope::reply(new_id(), call_id, body)).await;
             }
             joined = &mut runner => break joined,
@@ -671,6 +669,25 @@ async fn serve_call(
             code: ErrorCode::BadArguments,
             message: format!("bad arguments for {capability}: {reason}"),
         }),
+        Ok(Err(CapabilityError::Unsuccessful { message, output })) => {
+            Body::CallResult(CallResult {
+                outcome: CallOutcome::Failed(ErrorReport {
+                    message,
+                    causes: Vec::new(),
+                }),
+                output: Some(output),
+            })
+        }
+        Ok(Err(error @ CapabilityError::TimedOut { .. })) => {
+            let report = ErrorReport::from_error(&error);
+            let CapabilityError::TimedOut { output, .. } = error else {
+                unreachable!()
+            };
+            Body::CallResult(CallResult {
+                outcome: CallOutcome::TimedOut(report),
+                output: Some(output),
+            })
+        }
         Ok(Err(error)) => Body::CallResult(CallResult {
             outcome: CallOutcome::Failed(ErrorReport::from_error(&error)),
             output: None,

@@ -4,7 +4,7 @@ use qs_inspectors::{InspectorName, SysRoot};
 use qs_proto::{ArgInfo, CapabilityInfo};
 use serde_json::Value;
 
-use crate::{Capability, CapabilityError, Progress};
+use crate::{CallContext, Capability, CapabilityError};
 
 /// Re-inspects the machine and returns the full inventory document.
 pub struct Inspect {
@@ -69,16 +69,21 @@ impl Capability for Inspect {
         }
     }
 
-    fn call(&self, args: &Value, progress: &mut Progress<'_>) -> Result<Value, CapabilityError> {
+    fn call(&self, args: &Value, ctx: &CallContext) -> Result<Value, CapabilityError> {
         let only = parse_only(args)?;
-        progress("inspecting", Some(0.0));
+        ctx.progress("inspecting", Some(0.0));
         let mut inventory = qs_inspectors::run_all(&self.root, only.as_deref());
-        progress(
+        if ctx.is_cancelled() {
+            return Err(CapabilityError::Cancelled {
+                output: Value::Null,
+            });
+        }
+        ctx.progress(
             "inspected; asking drives for SMART health and the BMC",
             Some(60.0),
         );
         qs_inspectors::add_slow_facts(&self.root, &mut inventory);
-        progress("inspected", Some(100.0));
+        ctx.progress("inspected", Some(100.0));
         serde_json::to_value(&inventory).map_err(|e| CapabilityError::Failed {
             capability: "inspect",
             source: Box::new(e),
