@@ -79,6 +79,13 @@ pub trait HostDirectory: Clone + Send + Sync + 'static {
         &self,
         key: &HostKey,
     ) -> impl Future<Output = Result<Vec<KnownHost>, LookupError>> + Send;
+
+    /// A fresh one-time enrollment token bound to what this booting machine said about itself,
+    /// for the agent script's `qs.token=`; `None` (the default): no token.
+    fn enrollment_token(&self, ids: &Identifiers) -> impl Future<Output = Option<String>> + Send {
+        let _ = ids;
+        async { None }
+    }
 }
 
 /// What iPXE told us about itself, normalised; values that cannot identify anything are dropped.

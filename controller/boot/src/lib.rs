@@ -200,11 +200,13 @@ async fn ipxe<D: HostDirectory>(
                     }
                 };
                 let image = state.dir.build_id();
+                let token = state.directory.enrollment_token(&ids).await;
                 let script = script::agent_script(
                     &controller,
                     image.as_deref(),
                     host.as_deref(),
                     state.server_key.as_deref(),
+                    token.as_deref(),
                 );
                 ("agent", host, script)
             }
@@ -225,7 +227,8 @@ async fn ipxe<D: HostDirectory>(
         ids,
         host,
         answer,
-        script: script.clone(),
+        // What the machine was told, less its one-time token.
+        script: script::redact_token(&script),
     };
     {
         let mut requests = state

@@ -82,12 +82,14 @@ pub fn identify_script() -> String {
 
 /// Boots the agent image from this server's `vmlinuz` and `initramfs.img` (relative URIs, so
 /// they come from wherever this script came from), with the controller's address and, when
-/// given, its public key (base64: nothing to escape) for the agent to pin.
+/// given, its public key (base64: nothing to escape) for the agent to pin and a one-time
+/// enrollment token (`qs.token=`; made of `[A-Za-z0-9_-]`, nothing to escape either).
 pub fn agent_script(
     controller: &str,
     image_id: Option<&str>,
     host: Option<&str>,
     server_key: Option<&str>,
+    token: Option<&str>,
 ) -> String {
     let mut script = String::from("#!ipxe\n");
     script.push_str(&format!(
@@ -101,10 +103,31 @@ pub fn agent_script(
         server_key
             .map(|key| format!(" qs.server_key={key}"))
             .unwrap_or_default()
+            + &token
+                .filter(|t| t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .map(|t| format!(" qs.token={t}"))
+                .unwrap_or_default()
     ));
     script.push_str("initrd initramfs.img\n");
     script.push_str("boot\n");
     script
+}
+
+/// `script` with the value of its `qs.token=` replaced, for logs and status pages: a token is a
+/// secret until it is used.
+pub fn redact_token(script: &str) -> String {
+    match script.find(" qs.token=") {
+        None => script.to_owned(),
+        Some(at) => {
+            let start = at + " qs.token=".len();
+            let end = script[start..]
+                .find(|c: char| c.is_whitespace())
+                .map_or(script.len(), |n| start + n);
+            format!("{}<redacted>{}", &script[..start], &script[end..])
+        }
+    }
 }
 
 /// A provisioned host boots its own disk: `sanboot` the first BIOS disk, and where that is not
@@ -180,6 +203,7 @@ mod tests {
             Some("qs-20261201"),
             Some("01abc"),
             None,
+            None,
         );
         assert!(script.starts_with("#!ipxe\n"));
         assert!(script.contains(
@@ -187,6 +211,19 @@ mod tests {
         ));
         assert!(script.contains("\ninitrd initramfs.img\nboot\n"));
         assert!(script.contains("qs-20261201 on host 01abc"));
+        let with_token = agent_script(
+            "tcp://10.0.2.2:9002",
+            None,
+            None,
+            Some("KEY="),
+            Some("qsb_0a1b_secret-Part_2"),
+        );
+        assert!(with_token.contains(" qs.server_key=KEY= qs.token=qsb_0a1b_secret-Part_2\n"));
+        let redacted = redact_token(&with_token);
+        assert!(!redacted.contains("secret"));
+        assert!(redacted.contains(" qs.token=<redacted>\n"));
+        // Anything that could break out of the command line is left out.
+        assert!(!agent_script("tcp://h:1", None, None, None, Some("a b")).contains("qs.token"));
     }
 
     #[test]
