@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Also start a `qs-agent` on this machine (found next to `qs`), connected to this controller.
     #[arg(long)]
     local_agent: bool,
+    /// Which agents are admitted without a boot token: `open` (all), `approve` (pending until
+    /// `qs agents approve ID`), `allowlist` (only ids listed with `qs agents allow ID…`).
+    #[arg(long, value_enum, env = "QS_ENROLL", default_value_t = crate::agents::enrollment::Policy::Approve)]
+    enroll: crate::agents::enrollment::Policy,
     /// Serve the boot image (iPXE script, kernel, initramfs) from this directory on the HTTP
     /// port; default: `images/out` of the workspace `qs` was built in, when it holds a kernel.
     #[arg(long, env = "QS_BOOT_DIR")]
@@ -103,6 +107,8 @@ pub struct ServeConfig {
     pub heartbeat_timeout: Duration,
     /// Start a local agent.
     pub local_agent: bool,
+    /// Enrollment policy (`--enroll`).
+    pub enroll: crate::agents::enrollment::Policy,
     /// Where the boot image is served from; `None`: no boot serving.
     pub boot_dir: Option<PathBuf>,
     /// The agent endpoint written into boot scripts instead of the Host header's host.
@@ -149,6 +155,7 @@ impl ServeArgs {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             local_agent: self.local_agent,
+            enroll: self.enroll,
             boot_dir: boot_dir(self.boot_dir)?,
             advertise: (self.advertise.as_deref())
                 .map(qs_boot::script::parse_advertise)
@@ -228,14 +235,22 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot open the store ({})", describe_store(&config)))?;
     raise_open_file_limit();
-    let (tokens, admin_token) = crate::security::tokens::TokenStore::open(&config.data_dir)
-        .context("cannot open the operator tokens")?;
+    let (tokens, admin_token) =
+        crate::security::tokens::TokenStore::open(store.clone(), &config.data_dir)
+            .await
+            .context("cannot open the operator tokens")?;
     if let Some(path) = &admin_token {
         // Where, never what: the secret stays in the file.
         info!(path = %path.display(), "first start: an admin token was written to {}", path.display());
     }
+    let enrollment = Arc::new(crate::agents::enrollment::Enrollment::new(
+        config.enroll,
+        store.clone(),
+    ));
+    let enrollment_store = store.clone();
+    info!(policy = %config.enroll, "agent enrollment policy");
     let gate = Arc::new(
-        crate::security::gate::Gate::open(tokens, &config.data_dir)
+        crate::security::gate::Gate::open(tokens, store.clone(), &config.data_dir)
             .context("cannot open the audit log")?,
     );
     // Agents pin its public half (`controller.pub`): created once, kept across restarts.
@@ -282,7 +297,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         registry.clone(),
         ingest,
         dispatcher.clone(),
-    ));
+    )
+    .with_enrollment(enrollment.clone()));
 
     let agent_listener = TcpListener::bind(config.agents)
         .await
@@ -293,6 +309,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         agents_addr.port(),
         store.clone(),
         server_key.public(),
+        enrollment.clone(),
     );
     let http_listener = TcpListener::bind(config.http)
         .await
@@ -319,6 +336,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         counters,
         queries: Arc::new(crate::http::QueryGate::new(config.queries)),
     });
+    let app = app.merge(crate::security::enrollment_routes::routes(
+        enrollment.clone(),
+        enrollment_store,
+    ));
     // Every API route behind the token gate; the boot routes stay open (firmware has no token).
     let app = crate::security::gate::protect(app, gate).merge(boot);
 
@@ -349,7 +370,18 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         });
     }
     let _local_agent = if config.local_agent {
-        Some(spawn_local_agent(agents_addr, server_key.public())?)
+        // Enrolled by a one-time token bound to whichever machine uses it: this one.
+        let (_, token) = enrollment
+            .create_boot_token(
+                None,
+                None,
+                true,
+                crate::agents::enrollment::LOCAL_AGENT_TOKEN_TTL,
+                "qs serve --local-agent",
+            )
+            .await
+            .context("cannot make the local agent's enrollment token")?;
+        Some(spawn_local_agent(agents_addr, server_key.public(), &token)?)
     } else {
         None
     };
@@ -386,6 +418,7 @@ async fn sweep_loop(registry: Arc<Registry>, timeout: Duration, shutdown: Cancel
 fn spawn_local_agent(
     agents: SocketAddr,
     server_key: &qs_noise::PublicKey,
+    token: &str,
 ) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("cannot find the qs executable")?;
     let agent = exe.with_file_name("qs-agent");
@@ -394,6 +427,7 @@ fn spawn_local_agent(
     tokio::process::Command::new(&agent)
         .args(["run", "--controller", &endpoint])
         .env("QS_SERVER_KEY", server_key.to_string())
+        .env("QS_TOKEN", token)
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -418,6 +452,7 @@ fn boot_routes(
     agent_port: u16,
     store: Store,
     server_key: &qs_noise::PublicKey,
+    enrollment: Arc<crate::agents::enrollment::Enrollment>,
 ) -> axum::Router {
     let Some(dir) = &config.boot_dir else {
         info!("no boot serving: no --boot-dir, and no images/out with a kernel beside this build");
@@ -430,7 +465,11 @@ fn boot_routes(
         advertise: config.advertise.clone(),
         server_key: Some(server_key.to_string()),
     };
-    qs_boot::router(boot, crate::http::hosts::StoreHosts::new(store))
+    let hosts = crate::agents::enrollment::EnrollingHosts::new(
+        crate::http::hosts::StoreHosts::new(store),
+        enrollment,
+    );
+    qs_boot::router(boot, hosts)
 }
 
 async fn wait_for_signal() {

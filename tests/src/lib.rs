@@ -249,12 +249,18 @@ impl Controller {
             true => None,
             false => test_store(data_dir)?,
         };
+        // Tests admit every agent unless they test enrollment (tests/tests/security.rs).
+        let enroll = match extra.contains(&"--enroll") {
+            true => None,
+            false => Some(["--enroll", "open"]),
+        };
         let mut child = Command::new(binary("qs")?)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--agents", agents, "--http", http])
             .args(store.iter().flat_map(|url| ["--store", url.as_str()]))
+            .args(enroll.iter().flatten())
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(child_stderr())

@@ -4,10 +4,12 @@
 //! - [`ingest`]: the only writer of inventories, batching store commits;
 //! - [`dispatcher`]: requests to agents and their replies;
 //! - [`registry`]: agent sessions and liveness;
+//! - [`enrollment`]: which agents are admitted (policies, approvals, boot tokens);
 //! - [`counters`]: what arrived and what was refused.
 
 pub mod counters;
 pub mod dispatcher;
+pub mod enrollment;
 pub mod ingest;
 pub mod protocol;
 pub mod registry;

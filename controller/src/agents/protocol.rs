@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::counters::Counters;
 use super::dispatcher::{Dispatcher, Reply};
+use super::enrollment::{Admission, Enrollment};
 use super::ingest::{Change, Ingest, IngestError};
 use super::registry::{encode_record, AgentRecord, Registry};
 use super::transport::{Connection, ConnectionId, Handler};
@@ -47,6 +48,8 @@ pub struct AgentProtocol {
     dispatcher: Arc<Dispatcher>,
     /// Refused messages in a row, per connection.
     strikes: Mutex<HashMap<ConnectionId, u32>>,
+    /// Which agents are admitted; `None` admits every agent (tests, benches).
+    enrollment: Option<Arc<Enrollment>>,
 }
 
 impl AgentProtocol {
@@ -65,7 +68,14 @@ impl AgentProtocol {
             ingest,
             dispatcher,
             strikes: Mutex::new(HashMap::new()),
+            enrollment: None,
         }
+    }
+
+    /// The same handler, admitting agents as `enrollment` decides.
+    pub fn with_enrollment(mut self, enrollment: Arc<Enrollment>) -> Self {
+        self.enrollment = Some(enrollment);
+        self
     }
 
     /// Records whether the connection's last message was refused; a peer refused
@@ -202,8 +212,19 @@ impl AgentProtocol {
                 Counters::bump(&self.counters.identity_conflicts);
                 warn!(mercury_id = %conn.identity(), peer = %conn.peer(), online_peer = %online.peer(), "identity conflict: MercuryId online under another key; registration refused");
                 conn.close();
+                if let Some(enrollment) = &self.enrollment {
+                    if let Err(error) = enrollment
+                        .conflict(conn.identity().as_str(), conn.peer())
+                        .await
+                    {
+                        warn!(error = %error, "identity conflict not recorded");
+                    }
+                }
                 return true;
             }
+        }
+        if !self.enrolled(conn, msg_id, &register.inventory).await {
+            return true;
         }
         let now = OffsetDateTime::now_utc();
         let record = AgentRecord {
@@ -250,6 +271,48 @@ impl AgentProtocol {
         );
         self.send(conn, &reply).await;
         false
+    }
+
+    /// Whether enrollment admits this registration. A pending agent is told so; a refused one
+    /// gets nothing and is cut off.
+    async fn enrolled(
+        &self,
+        conn: &Arc<Connection>,
+        msg_id: MessageId,
+        inventory: &serde_json::Value,
+    ) -> bool {
+        let Some(enrollment) = &self.enrollment else {
+            return true;
+        };
+        let key = conn.peer_key().map(ToString::to_string).unwrap_or_default();
+        let id = conn.identity().as_str();
+        let decision = enrollment
+            .admit(id, &key, conn.enrollment_token(), conn.peer(), inventory)
+            .await;
+        match decision {
+            Ok(Admission::Admit { via }) => {
+                debug!(mercury_id = %id, peer = %conn.peer(), via, "agent admitted");
+                true
+            }
+            Ok(Admission::Pending) => {
+                info!(mercury_id = %id, peer = %conn.peer(), "agent pending approval (qs agents pending / approve)");
+                let message =
+                    format!("{id} is pending an operator's approval (qs agents approve {id})");
+                self.reply_error(conn, msg_id, ErrorCode::EnrollmentPending, message)
+                    .await;
+                false
+            }
+            Ok(Admission::Refuse(reason)) => {
+                warn!(mercury_id = %id, peer = %conn.peer(), reason, policy = %enrollment.policy(), "agent refused by enrollment");
+                conn.close();
+                false
+            }
+            Err(error) => {
+                self.internal_error(conn, msg_id, qs_proto::ErrorReport::from_error(&error))
+                    .await;
+                false
+            }
+        }
     }
 
     /// Applies an inventory delta if it was made against the version stored for this session;

@@ -4,5 +4,7 @@
 //! Agent authentication (the Noise session) lives in the transport; this module is about
 //! people and scripts calling the HTTP API.
 
+pub mod caller;
+pub mod enrollment_routes;
 pub mod gate;
 pub mod tokens;

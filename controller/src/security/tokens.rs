@@ -1,23 +1,33 @@
-//! Operator tokens: a bearer secret shown once, stored only as a SHA-256 hash, with a role and
-//! an optional expiry, in `tokens.json` in the data dir (mode 0600).
+//! Operator tokens: a bearer secret shown once, stored only as a SHA-256 hash, with a role, an
+//! optional inventory segment (a filter: the token sees and acts only on those hosts) and an
+//! optional expiry, in the store's `tokens` collection, so controllers sharing a MongoDB share
+//! them. A `tokens.json` left by an earlier version in the data dir is imported once (then
+//! renamed `tokens.json.migrated`).
 //!
-//! The store has no collection for them yet, so they live in this small file, written whole
-//! through a temporary file and a rename. Controllers sharing one MongoDB do not share tokens.
 //! A secret is `qs_<id>_<43 characters>`: the id finds the record, the hash proves the secret.
+//! Checked records are cached for [`CACHE_TTL`], so a revocation made by another controller
+//! takes effect within that time (at once on the controller that made it).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-/// File of token records in the data dir.
+use crate::store::{Collection, Store, StoreError, Write};
+
+/// How long a checked token record is trusted before the store is asked again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// File of token records an earlier version kept in the data dir (imported once).
 pub const TOKENS_FILE: &str = "tokens.json";
 /// File holding the first admin token's secret in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -65,6 +75,9 @@ pub struct TokenRecord {
     /// Free text (who it is for).
     #[serde(default)]
     pub note: String,
+    /// The inventory filter the token is restricted to; absent: every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Value>,
     /// SHA-256 of the secret, hex; not listed.
     #[serde(skip_serializing_if = "String::is_empty", default)]
     hash: String,
@@ -107,21 +120,21 @@ pub enum TokenError {
     /// No such token.
     #[error("no token {0}")]
     Unknown(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A segment that is not a filter the query language accepts.
+    #[error("segment is not a usable filter: {0}")]
+    BadSegment(String),
 }
 
-/// The token records, in memory and in their file.
-#[derive(Debug)]
-pub struct TokenStore {
-    path: PathBuf,
-    tokens: Mutex<BTreeMap<String, TokenRecord>>,
-}
-
-fn hash(secret: &str) -> String {
+/// SHA-256 of a secret, hex: what is stored instead of it.
+pub(crate) fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// Equal without an early exit, so timing does not tell how much of a hash matched.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -129,129 +142,208 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn random(bytes: usize) -> Result<Vec<u8>, TokenError> {
+/// `bytes` bytes from the operating system's random source.
+pub(crate) fn random_bytes(bytes: usize) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| TokenError::Random(e.to_string()))?;
+    getrandom::fill(&mut buf).map_err(|e| e.to_string())?;
     Ok(buf)
 }
 
+fn random(bytes: usize) -> Result<Vec<u8>, TokenError> {
+    random_bytes(bytes).map_err(TokenError::Random)
+}
+
+/// The token records, in the store, with a short-lived cache of checked ones.
+pub struct TokenStore {
+    store: Store,
+    cache: Mutex<HashMap<String, (TokenRecord, Instant)>>,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore").finish_non_exhaustive()
+    }
+}
+
+/// Checks that `segment` is a filter the query language accepts.
+pub fn check_segment(segment: &Value) -> Result<(), TokenError> {
+    qs_query::Count::from_request(&json!({ "filter": segment }))
+        .map(|_| ())
+        .map_err(|e| TokenError::BadSegment(e.to_string()))
+}
+
 impl TokenStore {
-    /// Opens `tokens.json` in `dir`; on first start (no file) creates it with one admin token
-    /// whose secret goes to `admin.token` (mode 0600). Returns the store and, when it created
-    /// the admin token, the path of that file.
-    pub fn open(dir: &Path) -> Result<(Self, Option<PathBuf>), TokenError> {
-        let path = dir.join(TOKENS_FILE);
-        let tokens = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let list: Vec<TokenRecord> =
-                    serde_json::from_slice(&bytes).map_err(|source| TokenError::Corrupt {
-                        path: path.clone(),
-                        source,
-                    })?;
-                list.into_iter().map(|t| (t.id.clone(), t)).collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => return Err(TokenError::Io { path, source }),
+    /// Opens the tokens in `store`. A `tokens.json` in `dir` is imported once (tokens already
+    /// in the store win) and renamed. When the store holds no token at all (first start), one
+    /// admin token is made and its secret written to `admin.token` in `dir` (mode 0600);
+    /// returns the store and, then, that file's path.
+    pub async fn open(store: Store, dir: &Path) -> Result<(Self, Option<PathBuf>), TokenError> {
+        let tokens = Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
         };
-        let store = Self {
-            path,
-            tokens: Mutex::new(tokens),
-        };
-        let first = store
-            .tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty();
-        if !first {
-            return Ok((store, None));
+        tokens.migrate(dir).await?;
+        if !tokens.list().await?.is_empty() {
+            return Ok((tokens, None));
         }
-        let (_, secret) = store.create(Role::Admin, None, "admin.token (first start)".into())?;
+        let (_, secret) = tokens
+            .create(Role::Admin, None, None, "admin.token (first start)".into())
+            .await?;
         let admin = dir.join(ADMIN_TOKEN_FILE);
         write_private(&admin, format!("{secret}\n").as_bytes())?;
-        Ok((store, Some(admin)))
+        Ok((tokens, Some(admin)))
+    }
+
+    async fn migrate(&self, dir: &Path) -> Result<(), TokenError> {
+        let path = dir.join(TOKENS_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(TokenError::Io { path, source }),
+        };
+        let list: Vec<TokenRecord> =
+            serde_json::from_slice(&bytes).map_err(|source| TokenError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        let mut writes = Vec::new();
+        for record in list {
+            if self
+                .store
+                .get_record(Collection::Tokens, &record.id)
+                .await?
+                .is_none()
+            {
+                writes.push(self.write(&record)?);
+            }
+        }
+        let imported = writes.len();
+        if !writes.is_empty() {
+            self.store.write_batch(writes).await?;
+        }
+        let done = path.with_extension("json.migrated");
+        std::fs::rename(&path, &done).map_err(|source| TokenError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!(imported, from = %path.display(), "operator tokens imported into the store");
+        Ok(())
+    }
+
+    fn write(&self, record: &TokenRecord) -> Result<Write, TokenError> {
+        let value = serde_json::to_value(record).map_err(|source| TokenError::Corrupt {
+            path: PathBuf::from(Collection::Tokens.name()),
+            source,
+        })?;
+        Ok(Write::Record {
+            collection: Collection::Tokens,
+            key: record.id.clone(),
+            value: Some(value),
+        })
     }
 
     /// Makes a token; returns its record and its secret (shown once, never stored).
-    pub fn create(
+    pub async fn create(
         &self,
         role: Role,
+        segment: Option<Value>,
         expires: Option<OffsetDateTime>,
         note: String,
     ) -> Result<(TokenRecord, String), TokenError> {
+        if let Some(segment) = &segment {
+            check_segment(segment)?;
+        }
         let id = hex::encode(random(6)?);
         let secret = format!("qs_{id}_{}", URL_SAFE_NO_PAD.encode(random(32)?));
         let record = TokenRecord {
-            id: id.clone(),
+            id,
             role,
             created: OffsetDateTime::now_utc(),
             expires,
             revoked: false,
             note,
+            segment,
             hash: hash(&secret),
         };
-        let mut tokens = self
-            .tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tokens.insert(id, record.clone());
-        self.save(&tokens)?;
+        self.store.write_batch(vec![self.write(&record)?]).await?;
         Ok((record.public(), secret))
     }
 
     /// Every token, without hashes.
-    pub fn list(&self) -> Vec<TokenRecord> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .map(TokenRecord::public)
-            .collect()
+    pub async fn list(&self) -> Result<Vec<TokenRecord>, TokenError> {
+        let query = qs_query::Query::from_request(&json!({"sort": {"created": 1}}))
+            .map_err(|e| TokenError::BadSegment(e.to_string()))?;
+        let docs = self.store.find_records(Collection::Tokens, &query).await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| serde_json::from_value::<TokenRecord>(d).ok())
+            .map(|t| t.public())
+            .collect())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, TokenError> {
+        Ok(self
+            .store
+            .get_record(Collection::Tokens, id)
+            .await?
+            .and_then(|v| serde_json::from_value(v).ok()))
     }
 
     /// Revokes token `id` (it stays listed).
-    pub fn revoke(&self, id: &str) -> Result<TokenRecord, TokenError> {
-        let mut tokens = self
-            .tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = tokens
-            .get_mut(id)
+    pub async fn revoke(&self, id: &str) -> Result<TokenRecord, TokenError> {
+        let mut record = self
+            .get(id)
+            .await?
             .ok_or_else(|| TokenError::Unknown(id.to_owned()))?;
         record.revoked = true;
-        let public = record.public();
-        self.save(&tokens)?;
-        Ok(public)
+        self.store.write_batch(vec![self.write(&record)?]).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        Ok(record.public())
     }
 
-    /// The valid (known, unrevoked, unexpired) token whose secret this is.
-    pub fn check(&self, secret: &str) -> Option<TokenRecord> {
-        let id = secret.strip_prefix("qs_")?.split('_').next()?;
-        let tokens = self
-            .tokens
+    /// The valid (known, unrevoked, unexpired) token whose secret this is; `Ok(None)` for any
+    /// other secret, an error only when the store cannot be read.
+    pub async fn check(&self, secret: &str) -> Result<Option<TokenRecord>, TokenError> {
+        let Some(id) = secret
+            .strip_prefix("qs_")
+            .and_then(|s| s.split('_').next())
+            .filter(|id| !id.is_empty() && id.len() <= 32)
+        else {
+            return Ok(None);
+        };
+        let cached = self
+            .cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = tokens.get(id)?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(record, _)| record.clone());
+        let record = match cached {
+            Some(record) => record,
+            None => {
+                let Some(record) = self.get(id).await? else {
+                    return Ok(None);
+                };
+                let mut cache = self
+                    .cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() > 10_000 {
+                    cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                }
+                cache.insert(id.to_owned(), (record.clone(), Instant::now()));
+                record
+            }
+        };
         let valid = same(&record.hash, &hash(secret))
             && !record.revoked
             && record
                 .expires
                 .is_none_or(|at| at > OffsetDateTime::now_utc());
-        valid.then(|| record.public())
-    }
-
-    fn save(&self, tokens: &BTreeMap<String, TokenRecord>) -> Result<(), TokenError> {
-        let list: Vec<&TokenRecord> = tokens.values().collect();
-        let bytes = serde_json::to_vec_pretty(&list).map_err(|source| TokenError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
-        let tmp = self.path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        write_private(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &self.path).map_err(|source| TokenError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        Ok(valid.then(|| record.public()))
     }
 }
 
@@ -278,45 +370,104 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
-    #[test]
-    fn the_first_start_makes_a_private_admin_token_that_checks() {
+    #[tokio::test]
+    async fn the_first_start_makes_a_private_admin_token_that_checks() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, admin) = TokenStore::open(dir.path()).unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let (tokens, admin) = TokenStore::open(store.clone(), dir.path()).await.unwrap();
         let admin = admin.unwrap();
         let mode = std::fs::metadata(&admin).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let secret = std::fs::read_to_string(&admin).unwrap();
-        assert_eq!(store.check(secret.trim()).unwrap().role, Role::Admin);
-        // The file holds a hash, never the secret.
-        let file = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
-        assert!(!file.contains(secret.trim()));
+        let checked = tokens.check(secret.trim()).await.unwrap().unwrap();
+        assert_eq!(checked.role, Role::Admin);
+        // The store holds a hash, never the secret.
+        let stored = store
+            .get_record(Collection::Tokens, &checked.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!stored.to_string().contains(secret.trim()));
         // A second start finds it and makes no other.
-        let (again, admin) = TokenStore::open(dir.path()).unwrap();
+        let (again, admin) = TokenStore::open(store, dir.path()).await.unwrap();
         assert!(admin.is_none());
-        assert!(again.check(secret.trim()).is_some());
-        assert_eq!(again.list().len(), 1);
-        assert!(again.list()[0].hash.is_empty());
+        assert!(again.check(secret.trim()).await.unwrap().is_some());
+        assert_eq!(again.list().await.unwrap().len(), 1);
+        assert!(again.list().await.unwrap()[0].hash.is_empty());
     }
 
-    #[test]
-    fn wrong_revoked_or_expired_secrets_are_refused() {
+    #[tokio::test]
+    async fn wrong_revoked_or_expired_secrets_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = TokenStore::open(dir.path()).unwrap();
-        let (record, secret) = store.create(Role::Viewer, None, String::new()).unwrap();
-        assert_eq!(store.check(&secret).unwrap().role, Role::Viewer);
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let (tokens, _) = TokenStore::open(store, dir.path()).await.unwrap();
+        let (record, secret) = tokens
+            .create(Role::Viewer, None, None, String::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            tokens.check(&secret).await.unwrap().unwrap().role,
+            Role::Viewer
+        );
         let mut wrong = secret.clone();
         wrong.pop();
         wrong.push(if secret.ends_with('A') { 'B' } else { 'A' });
-        assert!(store.check(&wrong).is_none());
-        assert!(store.check("qs_nothing_here").is_none());
-        assert!(store.check("").is_none());
-        store.revoke(&record.id).unwrap();
-        assert!(store.check(&secret).is_none());
+        assert!(tokens.check(&wrong).await.unwrap().is_none());
+        assert!(tokens.check("qs_nothing_here").await.unwrap().is_none());
+        assert!(tokens.check("").await.unwrap().is_none());
+        tokens.revoke(&record.id).await.unwrap();
+        assert!(tokens.check(&secret).await.unwrap().is_none());
         let past = OffsetDateTime::now_utc() - time::Duration::minutes(1);
-        let (_, expired) = store
-            .create(Role::Admin, Some(past), String::new())
+        let (_, expired) = tokens
+            .create(Role::Admin, None, Some(past), String::new())
+            .await
             .unwrap();
-        assert!(store.check(&expired).is_none());
-        assert!(matches!(store.revoke("nope"), Err(TokenError::Unknown(_))));
+        assert!(tokens.check(&expired).await.unwrap().is_none());
+        assert!(matches!(
+            tokens.revoke("nope").await,
+            Err(TokenError::Unknown(_))
+        ));
+        // Segments must be filters.
+        let (seg, _) = tokens
+            .create(
+                Role::Operator,
+                Some(json!({"rack": "r1"})),
+                None,
+                String::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(seg.segment, Some(json!({"rack": "r1"})));
+        assert!(matches!(
+            tokens
+                .create(
+                    Role::Operator,
+                    Some(json!({"$nope": 1})),
+                    None,
+                    String::new()
+                )
+                .await,
+            Err(TokenError::BadSegment(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_tokens_file_of_an_earlier_version_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "qs_00112233aabb_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI";
+        let record = json!([{"id": "00112233aabb", "role": "operator",
+            "created": "2026-11-30T10:00:00Z", "revoked": false, "note": "old",
+            "hash": hash(secret)}]);
+        std::fs::write(dir.path().join(TOKENS_FILE), record.to_string()).unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let (tokens, admin) = TokenStore::open(store, dir.path()).await.unwrap();
+        // The imported token counts as a first token: no new admin token.
+        assert!(admin.is_none());
+        assert_eq!(
+            tokens.check(secret).await.unwrap().unwrap().role,
+            Role::Operator
+        );
+        assert!(!dir.path().join(TOKENS_FILE).exists());
+        assert!(dir.path().join("tokens.json.migrated").exists());
     }
 }
