@@ -335,6 +335,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         dispatcher,
         counters,
         queries: Arc::new(crate::http::QueryGate::new(config.queries)),
+        config_dir: config.data_dir.join("config"),
     });
     let app = app.merge(crate::security::enrollment_routes::routes(
         enrollment.clone(),

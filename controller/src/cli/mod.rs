@@ -1,9 +1,11 @@
 //! The `qs` command line: `qs serve` and the operator commands, one module per verb group.
 
 mod agents;
+mod assets;
 mod client;
 mod hosts;
 mod inventory;
+mod plans;
 mod table;
 mod tokens;
 
@@ -47,6 +49,12 @@ enum Cmd {
     /// Inventory documents.
     #[command(subcommand)]
     Inventory(inventory::Cmd),
+    /// Plans: steps with conditions and recovery, in plan sets under --config-dir.
+    #[command(subcommand)]
+    Plans(plans::Cmd),
+    /// Per-host asset sets (values templates read as `assets.*`).
+    #[command(subcommand)]
+    Assets(assets::Cmd),
     /// Hosts: what each boots when it PXE-boots.
     #[command(subcommand)]
     Hosts(hosts::Cmd),
@@ -76,6 +84,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve::run(args.validate()?).await,
         Cmd::Agents(cmd) => agents::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Inventory(cmd) => inventory::run(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Plans(cmd) if plans::is_local(&cmd) => plans::validate(cmd),
+        Cmd::Plans(cmd) => plans::run(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Assets(cmd) => assets::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Hosts(cmd) => hosts::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Tokens(cmd) => tokens::run(cmd, api(cli.url, cli.token)?).await,
     }

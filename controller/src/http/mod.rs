@@ -2,10 +2,12 @@
 //!
 //! [`router`] builds the whole API from state, so handler tests call it without a socket.
 
+pub mod assets;
 mod error;
 pub mod history;
 pub mod hosts;
 mod inventory_queries;
+pub mod plans;
 pub mod query_gate;
 pub mod server;
 
@@ -43,6 +45,8 @@ pub struct AppState {
     pub counters: Arc<Counters>,
     /// Bounds on inventory queries.
     pub queries: Arc<QueryGate>,
+    /// Where plan sets live (`--config-dir`).
+    pub config_dir: std::path::PathBuf,
 }
 
 /// The whole API.
@@ -55,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/inventory/query", post(query_inventory))
         .route("/inventory/{mercury_id}/history", get(history::list))
         .route("/inventory/{mercury_id}/diff", get(history::diff))
+        .route("/plans", get(plans::list))
+        .route("/plans/{set}/{name}", get(plans::show))
+        .route("/assets", post(assets::import))
+        .route("/assets/{key}", get(assets::show))
         .route("/inventory/count", post(inventory_queries::count_inventory))
         .route(
             "/inventory/distinct",
@@ -322,6 +330,7 @@ mod tests {
             dispatcher,
             counters,
             queries: Arc::new(QueryGate::new(QueryLimits::default())),
+            config_dir: dir.join("config"),
         };
         (router(state), store)
     }
