@@ -6,6 +6,7 @@
 //!   ROUTER socket, [`agents::link`] speaking the protocol), and the registry of agent state;
 //! - [`store`]: where inventory documents live (embedded by default);
 //! - [`http`]: the operator HTTP API (`/api/v1`);
+//! - [`jobs`]: capabilities fanned out to query-selected hosts, tracked task by task;
 //! - [`cli`]: the operator commands that talk to that API.
 //!
 //! The controller never links inspector or capability code: it knows agents only through the
@@ -15,6 +16,7 @@ pub mod agents;
 pub mod assets;
 pub mod cli;
 pub mod http;
+pub mod jobs;
 pub mod security;
 pub mod serve;
 pub mod store;

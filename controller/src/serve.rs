@@ -88,6 +88,15 @@ pub struct ServeArgs {
     /// Inventory queries running at once; more wait (up to --query-timeout), then get 503.
     #[arg(long, default_value_t = 4)]
     max_concurrent_queries: usize,
+    /// Where plan sets (folders of plan YAML files) live; default `config/` in the data dir.
+    #[arg(long, env = "QS_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// How long finished jobs, their tasks and logs are kept.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    job_retention: Duration,
+    /// Deadline of a task whose job and capability name none.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    task_timeout: Duration,
 }
 
 /// Validated settings of the controller.
@@ -127,6 +136,12 @@ pub struct ServeConfig {
     pub store: crate::store::StoreLocation,
     /// Indexes and history depth (`--index`, `--history`).
     pub store_options: crate::store::StoreOptions,
+    /// Plan sets (`--config-dir`).
+    pub config_dir: PathBuf,
+    /// `--job-retention`.
+    pub job_retention: Duration,
+    /// `--task-timeout`.
+    pub task_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -148,6 +163,13 @@ impl ServeArgs {
                 indexes: self.index,
                 history: self.history,
             },
+            config_dir: match (self.config_dir, &self.data_dir) {
+                (Some(dir), _) => dir,
+                (None, Some(data)) => data.join("config"),
+                (None, None) => default_data_dir().join("config"),
+            },
+            job_retention: self.job_retention,
+            task_timeout: self.task_timeout,
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
             agents,
             http: self.http,
@@ -329,13 +351,34 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         counters.clone(),
         protocol,
     );
+    let (records, _record_writer) = crate::jobs::writer::RecordWriter::start(store.clone());
+    let jobs = crate::jobs::Jobs::new(
+        store.clone(),
+        registry.clone(),
+        dispatcher.clone(),
+        records,
+        crate::jobs::JobsConfig {
+            default_timeout: config.task_timeout,
+            retention: config.job_retention,
+            grace: Duration::from_secs(10),
+            reconnect_wait: config.heartbeat_timeout * 4,
+            config_dir: config.config_dir.clone(),
+        },
+    );
+    // Before agents can connect: every task an earlier run left unfinished must be listening
+    // when its agent registers and reports what became of it.
+    jobs.recover()
+        .await
+        .context("cannot load the tasks an earlier run left unfinished")?;
+    jobs.spawn_retention();
     let app = http::router(AppState {
         store,
         registry: registry.clone(),
         dispatcher,
         counters,
         queries: Arc::new(crate::http::QueryGate::new(config.queries)),
-        config_dir: config.data_dir.join("config"),
+        config_dir: config.config_dir.clone(),
+        jobs,
     });
     let app = app.merge(crate::security::enrollment_routes::routes(
         enrollment.clone(),

@@ -9,13 +9,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use qs_proto::codec;
 use qs_proto::{
-    Body, CallOutcome, CallProgress, CapabilityCall, Envelope, ErrorBody, ErrorCode, MercuryId,
-    MessageId,
+    Body, CallOutcome, CallOutput, CallProgress, CallRecord, CallResult, CancelCall,
+    CapabilityCall, Envelope, ErrorBody, ErrorCode, MercuryId, MessageId,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -89,6 +89,38 @@ pub struct Progress {
     pub percent: Option<f32>,
 }
 
+/// A message about a call that nobody in this dispatcher waits for.
+#[derive(Debug)]
+pub enum CallMessage {
+    /// The call's final result.
+    Result(CallResult),
+    /// The agent refused the call.
+    Refused(ErrorBody),
+    /// Progress (or the agent's `received` / `running` stage).
+    Progress(CallProgress),
+    /// Bytes the call wrote.
+    Output(CallOutput),
+}
+
+/// The owner of calls sent with [`Dispatcher::send_call`] (the job engine): it gets every
+/// message for them, and hears of registrations (with the calls the agent reports) and
+/// disconnections so it can reconcile.
+pub trait CallObserver: Send + Sync {
+    /// A message from `from` over `connection` about call `re`; true when the observer owns
+    /// the call (otherwise it is recorded as a late reply).
+    fn on_call_message(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: MessageId,
+        message: CallMessage,
+    ) -> bool;
+    /// `agent` registered over `connection` and reports these calls.
+    fn on_registered(&self, agent: &MercuryId, connection: ConnectionId, calls: &[CallRecord]);
+    /// `agent`'s `connection` ended.
+    fn on_disconnected(&self, agent: &MercuryId, connection: ConnectionId);
+}
+
 struct Pending {
     agent: MercuryId,
     connection: ConnectionId,
@@ -147,6 +179,7 @@ pub struct Dispatcher {
     counters: Arc<Counters>,
     pending: Mutex<HashMap<MessageId, Pending>>,
     late: Mutex<VecDeque<LateReply>>,
+    observer: OnceLock<Arc<dyn CallObserver>>,
 }
 
 impl Dispatcher {
@@ -159,7 +192,74 @@ impl Dispatcher {
             counters,
             pending: Mutex::new(HashMap::new()),
             late: Mutex::new(VecDeque::new()),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Installs the owner of calls sent with [`Dispatcher::send_call`]; only the first one
+    /// counts.
+    pub fn set_observer(&self, observer: Arc<dyn CallObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Sends a call with a message id the caller chose (and recorded) without waiting for it:
+    /// what comes back goes to the [`CallObserver`]. Err when the connection is gone (nothing
+    /// was sent).
+    pub async fn send_call(
+        &self,
+        conn: &Connection,
+        id: MessageId,
+        capability: &str,
+        args: serde_json::Value,
+    ) -> Result<(), CallError> {
+        let env = Envelope::new(
+            id,
+            Body::CapabilityCall(CapabilityCall {
+                capability: capability.to_owned(),
+                args,
+            }),
+        );
+        let frame = codec::encode(&env).map_err(CallError::Encode)?;
+        if conn.is_closed() || conn.send(&frame).await.is_err() {
+            return Err(CallError::Disconnected(conn.identity().clone()));
+        }
+        Ok(())
+    }
+
+    /// Asks the agent to stop call `id`; its result says how it ended.
+    pub async fn cancel_call(&self, conn: &Connection, id: MessageId) -> Result<(), CallError> {
+        let env = Envelope::reply(self.next_id(), id, Body::CancelCall(CancelCall {}));
+        let frame = codec::encode(&env).map_err(CallError::Encode)?;
+        if conn.is_closed() || conn.send(&frame).await.is_err() {
+            return Err(CallError::Disconnected(conn.identity().clone()));
+        }
+        Ok(())
+    }
+
+    /// Tells the call owner that `agent` registered and which calls it reports.
+    pub fn on_registered(&self, agent: &MercuryId, connection: ConnectionId, calls: &[CallRecord]) {
+        if let Some(observer) = self.observer.get() {
+            observer.on_registered(agent, connection, calls);
+        }
+    }
+
+    /// Offers a message nobody here waits for to the call owner; true if it took it.
+    fn offer(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: Option<MessageId>,
+        message: CallMessage,
+    ) -> bool {
+        match (re, self.observer.get()) {
+            (Some(re), Some(observer)) => observer.on_call_message(from, connection, re, message),
+            _ => false,
+        }
+    }
+
+    /// The longest deadline a call may have (`--max-call-timeout`).
+    pub fn max_timeout(&self) -> Duration {
+        self.max_timeout
     }
 
     /// This process's epoch.
@@ -243,23 +343,69 @@ impl Dispatcher {
         }
     }
 
-    /// Routes a result or refusal from `from` answering `re`.
-    pub fn on_reply(&self, from: &MercuryId, re: Option<MessageId>, reply: Reply) {
-        let kind = match &reply {
-            Reply::Outcome(_) => "result",
-            Reply::Refused(_) => "error",
-        };
-        let waiter = re.and_then(|re| self.take_if_from(re, from));
-        match waiter {
+    /// Routes a result from `from` answering `re`.
+    pub fn on_result(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: Option<MessageId>,
+        result: CallResult,
+    ) {
+        match re.and_then(|re| self.take_if_from(re, from)) {
             Some(p) => {
-                let _ = p.done.send(Ok(reply));
+                let _ = p.done.send(Ok(Reply::Outcome(result.outcome)));
             }
-            None => self.record_late(from, re, kind),
+            None => {
+                if !self.offer(from, connection, re, CallMessage::Result(result)) {
+                    self.record_late(from, re, "result");
+                }
+            }
+        }
+    }
+
+    /// Routes a refusal from `from` answering `re`.
+    pub fn on_refusal(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: Option<MessageId>,
+        error: ErrorBody,
+    ) {
+        match re.and_then(|re| self.take_if_from(re, from)) {
+            Some(p) => {
+                let _ = p.done.send(Ok(Reply::Refused(error)));
+            }
+            None => {
+                if !self.offer(from, connection, re, CallMessage::Refused(error)) {
+                    self.record_late(from, re, "error");
+                }
+            }
+        }
+    }
+
+    /// Routes a chunk of a call's output to the call's owner.
+    pub fn on_output(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: Option<MessageId>,
+        output: CallOutput,
+    ) {
+        let waited = re.is_some_and(|re| self.pending().get(&re).is_some_and(|p| &p.agent == from));
+        // A caller waiting on a single call gets progress, not output.
+        if !waited && !self.offer(from, connection, re, CallMessage::Output(output)) {
+            self.record_late(from, re, "output");
         }
     }
 
     /// Forwards a progress report to whoever waits on the request it names.
-    pub fn on_progress(&self, from: &MercuryId, re: Option<MessageId>, progress: CallProgress) {
+    pub fn on_progress(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: Option<MessageId>,
+        progress: CallProgress,
+    ) {
         let sink = re.and_then(|re| {
             self.pending()
                 .get(&re)
@@ -277,7 +423,11 @@ impl Dispatcher {
                     });
                 }
             }
-            None => self.record_late(from, re, "progress"),
+            None => {
+                if !self.offer(from, connection, re, CallMessage::Progress(progress)) {
+                    self.record_late(from, re, "progress");
+                }
+            }
         }
     }
 
@@ -295,6 +445,9 @@ impl Dispatcher {
         for p in gone {
             info!(mercury_id = %p.agent, capability = %p.capability, "agent disconnected with a request in flight");
             let _ = p.done.send(Err(CallError::Disconnected(p.agent.clone())));
+        }
+        if let Some(observer) = self.observer.get() {
+            observer.on_disconnected(conn.identity(), conn.id());
         }
     }
 
@@ -374,6 +527,13 @@ mod tests {
         (Arc::new(c), rx)
     }
 
+    fn succeeded(output: serde_json::Value) -> CallResult {
+        CallResult {
+            outcome: CallOutcome::Succeeded(output),
+            output: None,
+        }
+    }
+
     fn dispatcher(epoch: u32) -> Arc<Dispatcher> {
         Arc::new(Dispatcher::new(
             epoch,
@@ -426,21 +586,24 @@ mod tests {
         let id = sent_id(&mut rx).await;
         // A result for another id (a previous controller process's) is late, not a match.
         let old = MessageId((6u64 << 32) | (id.0 & 0xffff_ffff));
-        d.on_reply(
+        d.on_result(
             &A.parse().unwrap(),
+            ConnectionId(1),
             Some(old),
-            Reply::Outcome(CallOutcome::Succeeded(serde_json::json!("old"))),
+            succeeded(serde_json::json!("old")),
         );
         // The right id from another agent is not a match either.
-        d.on_reply(
+        d.on_result(
             &B.parse().unwrap(),
+            ConnectionId(1),
             Some(id),
-            Reply::Outcome(CallOutcome::Succeeded(serde_json::json!("forged"))),
+            succeeded(serde_json::json!("forged")),
         );
-        d.on_reply(
+        d.on_result(
             &A.parse().unwrap(),
+            ConnectionId(1),
             Some(id),
-            Reply::Outcome(CallOutcome::Succeeded(serde_json::json!("new"))),
+            succeeded(serde_json::json!("new")),
         );
         let outcome = call.await.unwrap().unwrap();
         assert!(matches!(outcome, CallOutcome::Succeeded(v) if v == "new"));
@@ -466,10 +629,11 @@ mod tests {
             .await;
         assert!(matches!(r, Err(CallError::Timeout { .. })));
         let id = sent_id(&mut rx).await;
-        d.on_reply(
+        d.on_result(
             &A.parse().unwrap(),
+            ConnectionId(1),
             Some(id),
-            Reply::Outcome(CallOutcome::Succeeded(serde_json::json!(1))),
+            succeeded(serde_json::json!(1)),
         );
         assert_eq!(d.status().late.len(), 1);
         assert_eq!(d.counters.snapshot().late_replies, 1);
@@ -536,20 +700,23 @@ mod tests {
         let a: MercuryId = A.parse().unwrap();
         d.on_progress(
             &a,
+            ConnectionId(1),
             Some(id),
             CallProgress {
                 message: "half".into(),
                 percent: Some(50.0),
+                stage: None,
             },
         );
         assert_eq!(prx.recv().await.unwrap().message, "half");
-        d.on_reply(
+        d.on_refusal(
             &a,
+            ConnectionId(1),
             Some(id),
-            Reply::Refused(ErrorBody {
+            ErrorBody {
                 code: ErrorCode::UnknownCapability,
                 message: "no".into(),
-            }),
+            },
         );
         assert!(matches!(
             call.await.unwrap(),

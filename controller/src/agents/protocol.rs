@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 use super::counters::Counters;
-use super::dispatcher::{Dispatcher, Reply};
+use super::dispatcher::Dispatcher;
 use super::enrollment::{Admission, Enrollment};
 use super::ingest::{Change, Ingest, IngestError};
 use super::registry::{encode_record, AgentRecord, Registry};
@@ -150,24 +150,25 @@ impl AgentProtocol {
             Body::CallProgress(progress) => {
                 self.registry.seen(conn);
                 self.dispatcher
-                    .on_progress(conn.identity(), env.re, progress);
+                    .on_progress(conn.identity(), conn.id(), env.re, progress);
                 false
             }
             Body::CallResult(result) => {
                 self.registry.seen(conn);
                 self.dispatcher
-                    .on_reply(conn.identity(), env.re, Reply::Outcome(result.outcome));
+                    .on_result(conn.identity(), conn.id(), env.re, result);
                 false
             }
             Body::Error(error) => {
                 warn!(mercury_id = %conn.identity(), re = ?env.re, code = ?error.code, message = %error.message, "agent reported an error");
                 self.dispatcher
-                    .on_reply(conn.identity(), env.re, Reply::Refused(error));
+                    .on_refusal(conn.identity(), conn.id(), env.re, error);
                 false
             }
-            // Output chunks are not collected yet (jobs will store them): a sign of life only.
-            Body::CallOutput(_) => {
+            Body::CallOutput(output) => {
                 self.registry.seen(conn);
+                self.dispatcher
+                    .on_output(conn.identity(), conn.id(), env.re, output);
                 false
             }
             Body::Registered(_) | Body::CapabilityCall(_) | Body::CancelCall(_) => {
@@ -259,6 +260,9 @@ impl AgentProtocol {
         }
         self.registry
             .start_session(conn, record, register.inventory_version);
+        // After the session exists, so a task the report lets go on can be sent at once.
+        self.dispatcher
+            .on_registered(conn.identity(), conn.id(), &register.calls);
         Counters::bump(&self.counters.inventory_updates);
         info!(mercury_id = %conn.identity(), peer = %conn.peer(), "agent registered");
         let reply = Envelope::reply(

@@ -1,6 +1,6 @@
 //! The HTTP client the operator commands use.
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -90,6 +90,19 @@ impl ApiClient {
     }
 }
 
+/// A refusal from the API: its HTTP status and error code, for callers that act on them
+/// (downcast the `anyhow::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("controller answered {status}: {message}")]
+pub struct ApiFailure {
+    /// The HTTP status.
+    pub status: reqwest::StatusCode,
+    /// The API's error code (`confirmation_required`, `not_found`, ...).
+    pub code: String,
+    /// The API's message.
+    pub message: String,
+}
+
 async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();
     let bytes = response
@@ -97,15 +110,19 @@ async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Res
         .await
         .context("cannot read the controller's reply")?;
     if !status.is_success() {
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        return Err(anyhow!("controller answered {status}: {message}"));
+        let body = serde_json::from_slice::<Value>(&bytes).ok();
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|v| v.pointer(&format!("/error/{name}")))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        return Err(anyhow::Error::new(ApiFailure {
+            status,
+            code: field("code").unwrap_or_default(),
+            message: field("message")
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+        }));
     }
     serde_json::from_slice(&bytes).context("controller reply is not the expected JSON")
 }

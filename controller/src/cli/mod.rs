@@ -5,6 +5,7 @@ mod assets;
 mod client;
 mod hosts;
 mod inventory;
+mod jobs;
 mod plans;
 mod table;
 mod tokens;
@@ -42,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the controller.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Agents and their state.
     #[command(subcommand)]
     Agents(agents::Cmd),
@@ -61,6 +62,20 @@ enum Cmd {
     /// Operator tokens (admin).
     #[command(subcommand)]
     Tokens(tokens::Cmd),
+    /// Jobs: a capability or plan fanned out to the hosts a query selects.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCmd),
+    /// Tasks: one host's part of a job.
+    #[command(subcommand)]
+    Tasks(jobs::TasksCmd),
+    /// What agents can do: every capability across the fleet, or one host's.
+    Capabilities {
+        /// One host's MercuryId.
+        mercury_id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The API client with the operator's token: `--token`/`QS_TOKEN`, else the admin token the
@@ -81,7 +96,7 @@ fn api(url: reqwest::Url, token: Option<String>) -> anyhow::Result<client::ApiCl
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Serve(args) => serve::run(args.validate()?).await,
+        Cmd::Serve(args) => serve::run((*args).validate()?).await,
         Cmd::Agents(cmd) => agents::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Inventory(cmd) => inventory::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Plans(cmd) if plans::is_local(&cmd) => plans::validate(cmd),
@@ -89,5 +104,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Assets(cmd) => assets::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Hosts(cmd) => hosts::run(cmd, api(cli.url, cli.token)?).await,
         Cmd::Tokens(cmd) => tokens::run(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Jobs(cmd) => jobs::run_jobs(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Tasks(cmd) => jobs::run_tasks(cmd, api(cli.url, cli.token)?).await,
+        Cmd::Capabilities { mercury_id, json } => {
+            jobs::run_capabilities(mercury_id, json, api(cli.url, cli.token)?).await
+        }
     }
 }

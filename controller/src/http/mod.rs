@@ -7,6 +7,7 @@ mod error;
 pub mod history;
 pub mod hosts;
 mod inventory_queries;
+pub mod jobs;
 pub mod plans;
 pub mod query_gate;
 pub mod server;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub queries: Arc<QueryGate>,
     /// Where plan sets live (`--config-dir`).
     pub config_dir: std::path::PathBuf,
+    /// Jobs and their tasks.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// The whole API.
@@ -75,6 +78,17 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/hosts/{mercury_id}/boot",
             axum::routing::put(hosts::set_boot),
+        )
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::show))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/events", get(jobs::events))
+        .route("/tasks/{id}", get(jobs::task))
+        .route("/tasks/{id}/logs", get(jobs::logs))
+        .route("/capabilities", get(jobs::capabilities))
+        .route(
+            "/agents/{mercury_id}/capabilities",
+            get(jobs::host_capabilities),
         )
         .route("/counters", get(counters))
         .route("/dispatcher", get(dispatcher_status));
@@ -324,12 +338,27 @@ mod tests {
             Duration::from_secs(3600),
             counters.clone(),
         ));
+        let (records, _) = crate::jobs::writer::RecordWriter::start(store.clone());
+        let jobs = crate::jobs::Jobs::new(
+            store.clone(),
+            registry.clone(),
+            dispatcher.clone(),
+            records,
+            crate::jobs::JobsConfig {
+                default_timeout: Duration::from_secs(60),
+                retention: Duration::from_secs(3600),
+                grace: Duration::from_secs(1),
+                reconnect_wait: Duration::from_secs(1),
+                config_dir: dir.join("config"),
+            },
+        );
         let state = AppState {
             store: store.clone(),
             registry,
             dispatcher,
             counters,
             queries: Arc::new(QueryGate::new(QueryLimits::default())),
+            jobs,
             config_dir: dir.join("config"),
         };
         (router(state), store)

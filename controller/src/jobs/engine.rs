@@ -1,0 +1,631 @@
+//! The job engine: owns every unfinished task in memory, sends its calls, follows what the
+//! agent says of them, and writes every change through the [`RecordWriter`].
+//!
+//! Each unfinished task has one runner (a tokio task, [`super::runner`]) that drives its
+//! control flow: wait for the host, take the host's exclusive lock if the capability needs it,
+//! record the dispatch, send, wait for the outcome or the deadline. Messages about a call reach
+//! the engine through the dispatcher ([`CallObserver`]): stages, progress and output update the
+//! task here; results, refusals, disconnections and registrations are signalled to the
+//! runner.
+//!
+//! Every call id is fixed before the call is sent and stored with the task, so an agent that
+//! ran a call while the controller was away can say so when it registers again (its report
+//! lists the calls it runs and the ones it finished), and an agent never runs one id twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qs_proto::{CallRecord, CallResult, ErrorBody, MercuryId, MessageId, OutputStream};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{info, warn};
+
+use super::logs::TaskLog;
+use super::model::{JobRecord, JobState, TaskRecord, TaskState};
+use super::writer::RecordWriter;
+use crate::agents::dispatcher::{CallMessage, CallObserver, Dispatcher};
+use crate::agents::registry::Registry;
+use crate::agents::transport::ConnectionId;
+use crate::store::{Collection, Store};
+
+/// Calls finished by this process remembered so a repeated result is recognised.
+const FINISHED_KEPT: usize = 200_000;
+/// Task events buffered for slow watchers before they are told they lagged.
+const EVENTS_BUFFERED: usize = 65_536;
+
+/// How the engine is set up (`qs serve` flags).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Deadline of a task whose capability names none and whose job gave none.
+    pub default_timeout: Duration,
+    /// How long finished jobs and their tasks are kept (`--job-retention`).
+    pub retention: Duration,
+    /// Extra time after a deadline for the agent's own timeout report to arrive.
+    pub grace: Duration,
+    /// How long tasks left in flight by an earlier process wait for their agent to come back.
+    pub reconnect_wait: Duration,
+    /// Where plan sets live (`--config-dir`).
+    pub config_dir: std::path::PathBuf,
+}
+
+/// What a runner is told.
+#[derive(Debug)]
+pub(super) enum Signal {
+    /// The result of the task's current call.
+    Finished(CallResult),
+    /// The agent refused the current call.
+    Refused(ErrorBody),
+    /// The connection carrying the current call ended.
+    Disconnected,
+    /// The host registered (again); what it says of the current call.
+    Registered {
+        /// It is still running it.
+        running: bool,
+        /// It finished it while we were not listening.
+        finished: Option<CallResult>,
+    },
+    /// An operator cancelled the task.
+    Cancel,
+}
+
+/// One task transition, as `/jobs/{id}/events` streams it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskEvent {
+    /// The job.
+    pub job: String,
+    /// The task.
+    pub task: String,
+    /// Its host.
+    pub host: String,
+    /// The state entered.
+    pub state: TaskState,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: String,
+}
+
+pub(super) struct ActiveTask {
+    pub record: TaskRecord,
+    pub signal: mpsc::UnboundedSender<Signal>,
+    /// Output of the current call (a plan step's, or the task's).
+    pub log: TaskLog,
+    /// Key of the log record the current call writes (`TASK` or `TASK/STEP`).
+    pub log_key: String,
+    /// The connection the current call was sent over.
+    pub connection: Option<ConnectionId>,
+}
+
+pub(super) struct ActiveJob {
+    pub record: JobRecord,
+    pub counts: HashMap<TaskState, u64>,
+}
+
+#[derive(Default)]
+pub(super) struct Active {
+    pub tasks: HashMap<String, ActiveTask>,
+    pub by_call: HashMap<u64, String>,
+    pub jobs: HashMap<String, ActiveJob>,
+    finished_calls: HashMap<u64, String>,
+    finished_order: VecDeque<u64>,
+}
+
+/// The job engine.
+pub struct Jobs {
+    pub(super) store: Store,
+    pub(super) registry: Arc<Registry>,
+    pub(super) dispatcher: Arc<Dispatcher>,
+    pub(super) writer: RecordWriter,
+    pub(super) config: JobsConfig,
+    pub(super) active: Mutex<Active>,
+    job_seq: AtomicU32,
+    events: broadcast::Sender<TaskEvent>,
+    host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// RFC 3339 now, controller clock.
+pub(super) fn now() -> String {
+    crate::store::document::now()
+}
+
+impl Jobs {
+    /// The engine over `store`, sending through `dispatcher`; installs itself as the
+    /// dispatcher's call observer.
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        dispatcher: Arc<Dispatcher>,
+        writer: RecordWriter,
+        config: JobsConfig,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENTS_BUFFERED);
+        let jobs = Arc::new(Self {
+            store,
+            registry,
+            dispatcher: dispatcher.clone(),
+            writer,
+            config,
+            active: Mutex::new(Active::default()),
+            job_seq: AtomicU32::new(0),
+            events,
+            host_locks: Mutex::new(HashMap::new()),
+        });
+        dispatcher.set_observer(jobs.clone());
+        jobs
+    }
+
+    pub(super) fn active(&self) -> std::sync::MutexGuard<'_, Active> {
+        // Every change under the lock leaves the maps consistent; a poisoned lock still is.
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A job id no earlier controller start on this store made: `job-EPOCH-N`.
+    pub(super) fn next_job_id(&self) -> String {
+        let n = self.job_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("job-{}-{n}", self.dispatcher.epoch())
+    }
+
+    /// Subscribes to task transitions.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    /// The lock that keeps exclusive capabilities apart on one host.
+    pub(super) fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.host_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(host.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Adds a job and its tasks to memory and starts their runners. The records must already
+    /// be durable.
+    pub(super) fn start(self: &Arc<Self>, job: JobRecord, tasks: Vec<TaskRecord>) {
+        let mut runners = Vec::with_capacity(tasks.len());
+        {
+            let mut active = self.active();
+            let mut counts: HashMap<TaskState, u64> = HashMap::new();
+            for task in tasks {
+                *counts.entry(task.state).or_default() += 1;
+                let (tx, rx) = mpsc::unbounded_channel();
+                active.by_call.insert(task.call_id, task.id.clone());
+                runners.push((task.id.clone(), rx));
+                let log_key = task.id.clone();
+                active.tasks.insert(
+                    task.id.clone(),
+                    ActiveTask {
+                        record: task,
+                        signal: tx,
+                        log: TaskLog::new(),
+                        log_key,
+                        connection: None,
+                    },
+                );
+            }
+            active.jobs.insert(
+                job.id.clone(),
+                ActiveJob {
+                    record: job,
+                    counts,
+                },
+            );
+        }
+        for (task, rx) in runners {
+            tokio::spawn(super::runner::run(self.clone(), task, rx));
+        }
+    }
+
+    /// Applies `change` to an active task's record, writes it, and announces a state change.
+    /// Returns what `change` returned, or None when the task is not active.
+    pub(super) fn update<R>(
+        &self,
+        task_id: &str,
+        change: impl FnOnce(&mut ActiveTask) -> R,
+    ) -> Option<R> {
+        let mut active = self.active();
+        let task = active.tasks.get_mut(task_id)?;
+        let before = task.record.state;
+        let transitions = task.record.transitions.len();
+        let out = change(task);
+        let record = task.record.clone();
+        if record.transitions.len() != transitions {
+            let job_finished = self.count_transition(&mut active, &record, before);
+            drop(active);
+            self.announce(&record);
+            self.writer.put(
+                Collection::Tasks,
+                &record.id,
+                serde_json::to_value(&record).ok(),
+            );
+            if let Some(job) = job_finished {
+                self.writer
+                    .put(Collection::Jobs, &job.id, serde_json::to_value(&job).ok());
+                info!(job = %job.id, state = job.state.name(), "job finished");
+            }
+        } else {
+            drop(active);
+            self.writer.put(
+                Collection::Tasks,
+                &record.id,
+                serde_json::to_value(&record).ok(),
+            );
+        }
+        Some(out)
+    }
+
+    /// Moves the per-job counts; when the task's job has no unfinished task left, finishes
+    /// the job and returns its final record.
+    fn count_transition(
+        &self,
+        active: &mut Active,
+        record: &TaskRecord,
+        before: TaskState,
+    ) -> Option<JobRecord> {
+        let job = active.jobs.get_mut(&record.job)?;
+        if before != record.state {
+            if let Some(n) = job.counts.get_mut(&before) {
+                *n = n.saturating_sub(1);
+            }
+            *job.counts.entry(record.state).or_default() += 1;
+        }
+        let unfinished: u64 = job
+            .counts
+            .iter()
+            .filter(|(s, _)| !s.is_final())
+            .map(|(_, n)| n)
+            .sum();
+        if unfinished > 0 {
+            return None;
+        }
+        let count = |s: TaskState| job.counts.get(&s).copied().unwrap_or(0);
+        job.record.state = if job.record.cancel_requested {
+            JobState::Cancelled
+        } else if count(TaskState::Succeeded) == job.record.tasks {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        job.record.finished_at = Some(now());
+        job.record.outcome = Some(counts_value(&job.counts));
+        let finished = job.record.clone();
+        active.jobs.remove(&record.job);
+        Some(finished)
+    }
+
+    fn announce(&self, record: &TaskRecord) {
+        if let Some(t) = record.transitions.last() {
+            // No subscriber is fine: events are for watchers, the store is the record.
+            let _ = self.events.send(TaskEvent {
+                job: record.job.clone(),
+                task: record.id.clone(),
+                host: record.host.clone(),
+                state: t.state,
+                reason: t.reason.clone(),
+                at: t.at.clone(),
+            });
+        }
+    }
+
+    /// A runner ends: its task leaves memory, its call id is remembered as finished, and its
+    /// log is written one last time.
+    pub(super) fn retire(&self, task_id: &str) {
+        let mut active = self.active();
+        let Some(task) = active.tasks.remove(task_id) else {
+            return;
+        };
+        active.by_call.retain(|_, t| t != task_id);
+        active
+            .finished_calls
+            .insert(task.record.call_id, task_id.to_owned());
+        active.finished_order.push_back(task.record.call_id);
+        while active.finished_order.len() > FINISHED_KEPT {
+            if let Some(old) = active.finished_order.pop_front() {
+                active.finished_calls.remove(&old);
+            }
+        }
+    }
+
+    /// Writes the current call's log record.
+    pub(super) fn flush_log(&self, task_id: &str, finished: bool) {
+        let out = {
+            let active = self.active();
+            active
+                .tasks
+                .get(task_id)
+                .map(|t| (t.log_key.clone(), t.log.to_value(finished)))
+        };
+        if let Some((key, value)) = out {
+            self.writer.put(Collection::TaskLogs, &key, Some(value));
+        }
+    }
+
+    /// Counts per state of an unfinished job, from memory.
+    pub fn live_counts(&self, job: &str) -> Option<(JobRecord, Value)> {
+        let active = self.active();
+        active
+            .jobs
+            .get(job)
+            .map(|j| (j.record.clone(), counts_value(&j.counts)))
+    }
+
+    /// Unfinished tasks of a job, from memory.
+    pub fn live_tasks(&self, job: &str) -> Vec<TaskRecord> {
+        let active = self.active();
+        let mut tasks: Vec<TaskRecord> = active
+            .tasks
+            .values()
+            .filter(|t| t.record.job == job)
+            .map(|t| t.record.clone())
+            .collect();
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        tasks
+    }
+
+    /// An unfinished task, from memory, with its live log.
+    pub fn live_task(&self, task: &str) -> Option<(TaskRecord, Value)> {
+        let active = self.active();
+        active
+            .tasks
+            .get(task)
+            .map(|t| (t.record.clone(), t.log.to_value(false)))
+    }
+
+    /// The live log of an unfinished task's current call (`TASK` or `TASK/STEP`).
+    pub fn live_log(&self, key: &str) -> Option<Value> {
+        let task = key.split('/').next().unwrap_or(key);
+        let active = self.active();
+        active
+            .tasks
+            .get(task)
+            .filter(|t| t.log_key == key)
+            .map(|t| t.log.to_value(false))
+    }
+
+    /// Cancels every unfinished task of a job; false if the job is not running.
+    pub fn cancel(&self, job: &str) -> bool {
+        let signals: Vec<mpsc::UnboundedSender<Signal>> = {
+            let mut active = self.active();
+            let Some(j) = active.jobs.get_mut(job) else {
+                return false;
+            };
+            j.record.cancel_requested = true;
+            let record = j.record.clone();
+            self.writer
+                .put(Collection::Jobs, job, serde_json::to_value(&record).ok());
+            active
+                .tasks
+                .values()
+                .filter(|t| t.record.job == job)
+                .map(|t| t.signal.clone())
+                .collect()
+        };
+        info!(job, tasks = signals.len(), "job cancelled by an operator");
+        for s in signals {
+            let _ = s.send(Signal::Cancel);
+        }
+        true
+    }
+
+    fn task_of_call(&self, call: u64, from: &MercuryId) -> Option<(String, bool)> {
+        let active = self.active();
+        if let Some(task) = active.by_call.get(&call) {
+            let t = active.tasks.get(task)?;
+            return (t.record.host == from.as_str()).then(|| (task.clone(), false));
+        }
+        active
+            .finished_calls
+            .get(&call)
+            .map(|task| (task.clone(), true))
+    }
+
+    fn signal(&self, task_id: &str, signal: Signal) {
+        let active = self.active();
+        if let Some(t) = active.tasks.get(task_id) {
+            let _ = t.signal.send(signal);
+        }
+    }
+
+    /// Starts runners for the tasks an earlier controller process left unfinished (after a
+    /// restart or `kill -9`): queued ones are sent when their host is here; dispatched ones
+    /// wait for their agent to say what became of them.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
+        let filter =
+            serde_json::json!({"state": {"$in": ["queued", "dispatched", "received", "running"]}});
+        let query =
+            qs_query::Query::from_request(&serde_json::json!({"filter": filter})).map_err(|e| {
+                crate::store::StoreError::Refused {
+                    message: e.to_string(),
+                }
+            })?;
+        let tasks = self.store.find_records(Collection::Tasks, &query).await?;
+        let mut by_job: HashMap<String, Vec<TaskRecord>> = HashMap::new();
+        for value in tasks {
+            match serde_json::from_value::<TaskRecord>(value) {
+                Ok(task) => by_job.entry(task.job.clone()).or_default().push(task),
+                Err(error) => warn!(error = %error, "unreadable task record skipped"),
+            }
+        }
+        let mut recovered = 0;
+        for (job_id, tasks) in by_job {
+            let Some(job) = self.store.get_record(Collection::Jobs, &job_id).await? else {
+                warn!(job = %job_id, "tasks of a job with no record: skipped");
+                continue;
+            };
+            let Ok(job) = serde_json::from_value::<JobRecord>(job) else {
+                warn!(job = %job_id, "unreadable job record: its tasks are skipped");
+                continue;
+            };
+            // Counts start from every task of the job, finished ones included.
+            let all = self.job_tasks_from_store(&job_id).await?;
+            recovered += tasks.len();
+            let mut counts: HashMap<TaskState, u64> = HashMap::new();
+            for t in &all {
+                if t.state.is_final() {
+                    *counts.entry(t.state).or_default() += 1;
+                }
+            }
+            self.start(job, tasks);
+            let mut active = self.active();
+            if let Some(j) = active.jobs.get_mut(&job_id) {
+                for (state, n) in counts {
+                    *j.counts.entry(state).or_default() += n;
+                }
+            }
+        }
+        if recovered > 0 {
+            info!(
+                tasks = recovered,
+                "tasks left unfinished by an earlier run are followed again"
+            );
+        }
+        Ok(recovered)
+    }
+
+    /// Every task of a job, from the store.
+    pub async fn job_tasks_from_store(
+        &self,
+        job: &str,
+    ) -> Result<Vec<TaskRecord>, crate::store::StoreError> {
+        let query = qs_query::Query::from_request(
+            &serde_json::json!({"filter": {"job": job}, "sort": {"id": 1}}),
+        )
+        .map_err(|e| crate::store::StoreError::Refused {
+            message: e.to_string(),
+        })?;
+        Ok(self
+            .store
+            .find_records(Collection::Tasks, &query)
+            .await?
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect())
+    }
+}
+
+/// `{"queued": n, ...}` with every state present.
+pub(super) fn counts_value(counts: &HashMap<TaskState, u64>) -> Value {
+    let mut out = serde_json::Map::new();
+    for s in TaskState::ALL {
+        out.insert(
+            s.name().to_owned(),
+            counts.get(&s).copied().unwrap_or(0).into(),
+        );
+    }
+    Value::Object(out)
+}
+
+impl CallObserver for Jobs {
+    fn on_call_message(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: MessageId,
+        message: CallMessage,
+    ) -> bool {
+        let Some((task_id, finished)) = self.task_of_call(re.0, from) else {
+            return false;
+        };
+        if finished {
+            if let CallMessage::Result(result) = message {
+                // Recorded on the stored task, never applied a second time.
+                warn!(task = %task_id, "a result arrived for a task already finished: recorded, not applied");
+                let writer = self.writer.clone();
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(value)) = store.get_record(Collection::Tasks, &task_id).await {
+                        if let Ok(mut task) = serde_json::from_value::<TaskRecord>(value) {
+                            task.late_results.push(serde_json::json!({
+                                "received_at": now(),
+                                "result": result,
+                            }));
+                            writer.put(
+                                Collection::Tasks,
+                                &task_id,
+                                serde_json::to_value(&task).ok(),
+                            );
+                        }
+                    }
+                });
+            }
+            return true;
+        }
+        match message {
+            CallMessage::Result(result) => self.signal(&task_id, Signal::Finished(result)),
+            CallMessage::Refused(error) => self.signal(&task_id, Signal::Refused(error)),
+            CallMessage::Progress(progress) => {
+                let stage = progress.stage;
+                let at = now();
+                self.update(&task_id, |t| {
+                    t.connection = Some(connection);
+                    match stage {
+                        // A plan task stays `running` from its first step on.
+                        Some(qs_proto::CallStage::Received) => {
+                            if t.record.state < TaskState::Received {
+                                t.record.enter(TaskState::Received, "", &at);
+                            }
+                        }
+                        Some(qs_proto::CallStage::Running) => {
+                            if t.record.state < TaskState::Received {
+                                t.record.enter(TaskState::Received, "", &at);
+                            }
+                            if t.record.state < TaskState::Running {
+                                t.record.enter(TaskState::Running, "", &at);
+                            }
+                        }
+                        None => {
+                            t.record.progress = Some(serde_json::json!({
+                                "message": progress.message,
+                                "percent": progress.percent,
+                                "at": at,
+                            }));
+                        }
+                    }
+                });
+            }
+            CallMessage::Output(output) => {
+                if let Some(t) = self.active().tasks.get_mut(&task_id) {
+                    match output.stream {
+                        OutputStream::Stdout => t.log.stdout.push(output.offset, &output.data),
+                        OutputStream::Stderr => t.log.stderr.push(output.offset, &output.data),
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn on_registered(&self, agent: &MercuryId, _connection: ConnectionId, calls: &[CallRecord]) {
+        let tasks: Vec<(String, u64, mpsc::UnboundedSender<Signal>)> = {
+            let active = self.active();
+            active
+                .tasks
+                .values()
+                .filter(|t| t.record.host == agent.as_str())
+                .map(|t| (t.record.id.clone(), t.record.call_id, t.signal.clone()))
+                .collect()
+        };
+        for (_task, call, signal) in tasks {
+            let report = calls.iter().find(|c| c.id.0 == call);
+            let _ = signal.send(Signal::Registered {
+                running: report.is_some_and(|c| c.finished.is_none()),
+                finished: report.and_then(|c| c.finished.as_ref().map(|f| f.result.clone())),
+            });
+        }
+    }
+
+    fn on_disconnected(&self, agent: &MercuryId, connection: ConnectionId) {
+        let active = self.active();
+        for t in active.tasks.values() {
+            if t.record.host == agent.as_str() && t.connection == Some(connection) {
+                let _ = t.signal.send(Signal::Disconnected);
+            }
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Jobs end to end: real `qs serve` and `qs-agent run` processes on loopback; the `run`
+//! capability executes real commands on this machine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use qs_tests::{fixture_host, wait_until, Agent, Controller, FixtureServers};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Short heartbeats so losses and restarts are noticed within seconds.
+const FAST: &[&str] = &["--heartbeat-interval", "1s", "--heartbeat-timeout", "4s"];
+
+/// Creates a job through the API; panics with the answer unless it was created.
+async fn create(controller: &Controller, body: Value) -> String {
+    let (status, answer) = controller.post("/api/v1/jobs", &body).await.unwrap();
+    assert_eq!(status, 201, "{answer}");
+    answer["job"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until a job is no longer running; returns `GET /jobs/{id}`.
+async fn finished(controller: &Controller, id: &str) -> Value {
+    wait_until(&format!("job {id} finished"), WAIT, || async {
+        let (_, job) = controller.get(&format!("/api/v1/jobs/{id}")).await?;
+        Ok((job["state"] != "running").then_some(job))
+    })
+    .await
+    .unwrap()
+}
+
+fn task_of<'a>(job: &'a Value, host: &str) -> &'a Value {
+    job["task_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["host"] == host)
+        .unwrap_or_else(|| panic!("no task for {host} in {job}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_on_the_selected_hosts_and_record_every_task() {
+    let servers = FixtureServers::start(FAST, WAIT).await.unwrap();
+    let c = &servers.controller;
+    let ids = &servers.ids;
+    let two = json!({"mercury_id": {"$in": [ids[0], ids[1]]}});
+
+    // Capabilities, with their metadata, for the fleet and for one host.
+    let (status, caps) = c.get("/api/v1/capabilities").await.unwrap();
+    assert_eq!(status, 200, "{caps}");
+    let run = caps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "run")
+        .unwrap();
+    assert_eq!(run["destructive"], true);
+    assert_eq!(run["hosts"], 3);
+    let (ok, out, err) = c.cli(&["capabilities", &ids[2]]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("inspect") && out.contains("run"), "{out}");
+
+    // A dry run renders each host's arguments and creates nothing.
+    let (status, dry) = c
+        .post(
+            "/api/v1/jobs",
+            &json!({"query": two, "capability": "run",
+                    "args": {"shell": "echo {{ inventory.mercury_id }}"}, "dry_run": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{dry}");
+    let hosts = dry["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2);
+    for h in hosts {
+        assert_eq!(
+            h["args"]["shell"],
+            format!("echo {}", h["host"].as_str().unwrap())
+        );
+    }
+    let (_, jobs) = c.get("/api/v1/jobs").await.unwrap();
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        0,
+        "a dry run created {jobs}"
+    );
+
+    // Refusals name what is wrong, before anything is dispatched.
+    for (body, code, words) in [
+        (
+            json!({"query": two, "capability": "frobnicate"}),
+            "unknown_capability",
+            "frobnicate",
+        ),
+        (
+            json!({"query": two, "capability": "run", "args": {"shel": "true"}, "confirm": true}),
+            "bad_arguments",
+            "shel",
+        ),
+        (
+            json!({"query": two, "capability": "run", "args": {"shell": "echo {{ inventory.nothing_here }}"}, "confirm": true}),
+            "bad_arguments",
+            "inventory.nothing_here",
+        ),
+        (
+            json!({"query": two, "capability": "run", "args": {"shell": "true"}}),
+            "confirmation_required",
+            "2 host",
+        ),
+        (
+            json!({"query": {"mercury_id": "none"}, "capability": "run", "confirm": true}),
+            "no_online_hosts",
+            "no host",
+        ),
+    ] {
+        let (status, answer) = c.post("/api/v1/jobs", &body).await.unwrap();
+        assert!(status >= 400, "{body} → {status} {answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{message} lacks {words}");
+    }
+    // The CLI refuses a destructive job when it cannot ask (stdin is not a terminal).
+    let (ok, _, err) = c
+        .cli(&[
+            "jobs",
+            "create",
+            "--query",
+            &two.to_string(),
+            "--capability",
+            "run",
+            "--args",
+            r#"{"shell": "true"}"#,
+        ])
+        .await
+        .unwrap();
+    assert!(!ok && err.contains("--yes"), "{err}");
+
+    // A job over two of the three hosts: output streamed, exit codes kept.
+    let (ok, out, err) = c
+        .cli(&[
+            "jobs",
+            "create",
+            "--query",
+            &two.to_string(),
+            "--capability",
+            "run",
+            "--args",
+            r#"{"shell": "echo out-{{ inventory.mercury_id }}; echo err >&2; [ {{ inventory.mercury_id }} = X ]"}"#,
+            "--yes",
+            "--json",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["tasks"], 2);
+    let (watched, _, err) = c.cli(&["jobs", "watch", &id]).await.unwrap();
+    assert!(!watched, "watch exits non-zero for a failed job: {err}");
+    let job = finished(c, &id).await;
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["counts"]["failed"], 2, "{job}");
+    let task = task_of(&job, &ids[0]);
+    let (_, record) = c
+        .get(&format!("/api/v1/tasks/{}", task["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(record["output"]["exit_code"], 1, "{record}");
+    let states: Vec<&str> = record["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"));
+    assert!(states.contains(&"dispatched"), "{states:?}");
+    assert_eq!(states.last(), Some(&"failed"));
+    let (ok, out, _) = c
+        .cli(&["tasks", "logs", task["id"].as_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(ok);
+    assert_eq!(out, format!("out-{}\n", ids[0]));
+    // Only the selected hosts got a task.
+    assert!(job["task_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["host"] != ids[2].as_str()));
+
+    // A succeeding job, followed over server-sent events.
+    let id = create(
+        c,
+        json!({"query": {}, "capability": "run", "args": {"command": ["sleep", "1"]}, "confirm": true}),
+    )
+    .await;
+    let mut events = c
+        .client()
+        .get(format!("http://{}/api/v1/jobs/{id}/events", c.http_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let mut text = String::new();
+    let read = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: end") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the event stream did not end: {text}");
+    assert!(text.contains("event: job"), "{text}");
+    let mut succeeded = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(data) = line.strip_prefix("data: ") {
+            let event: Value = serde_json::from_str(data).unwrap();
+            if event["state"] == "succeeded" && event.get("task").is_some() {
+                succeeded.insert(event["task"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(succeeded.len(), 3, "{text}");
+    let (ok, out, _) = c.cli(&["jobs", "watch", &id]).await.unwrap();
+    assert!(ok && out.contains("succeeded"), "{out}");
+    let (ok, out, _) = c.cli(&["jobs", "list"]).await.unwrap();
+    assert!(ok && out.contains(&id), "{out}");
+    let (ok, out, _) = c.cli(&["jobs", "show", &id]).await.unwrap();
+    assert!(ok && out.contains("succeeded 3"), "{out}");
+
+    // Cancel: queued and running tasks end cancelled and the process is stopped.
+    let id = create(
+        c,
+        json!({"query": {"mercury_id": ids[0]}, "capability": "run",
+                "args": {"shell": "sleep 30"}, "confirm": true}),
+    )
+    .await;
+    wait_until("the sleep runs", WAIT, || async {
+        let (_, job) = c.get(&format!("/api/v1/jobs/{id}")).await?;
+        Ok((job["counts"]["running"] == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    let (ok, _, err) = c.cli(&["jobs", "cancel", &id]).await.unwrap();
+    assert!(ok, "{err}");
+    let job = finished(c, &id).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["counts"]["cancelled"], 1, "{job}");
+
+    // Exclusive calls on one host wait for each other, and the wait is shown.
+    let first = create(
+        c,
+        json!({"query": {"mercury_id": ids[1]}, "capability": "run",
+                "args": {"shell": "sleep 2", "exclusive": true}, "confirm": true}),
+    )
+    .await;
+    let second = create(
+        c,
+        json!({"query": {"mercury_id": ids[1]}, "capability": "run",
+                "args": {"shell": "true", "exclusive": true}, "confirm": true}),
+    )
+    .await;
+    let (_, waiting) = c.get(&format!("/api/v1/jobs/{second}")).await.unwrap();
+    let reason = task_of(&waiting, &ids[1])["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("exclusive"), "{waiting}");
+    let a = finished(c, &first).await;
+    let b = finished(c, &second).await;
+    assert_eq!(
+        (a["state"].as_str(), b["state"].as_str()),
+        (Some("succeeded"), Some("succeeded"))
+    );
+    let first_end = task_of(&a, &ids[1])["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, second_task) = c
+        .get(&format!(
+            "/api/v1/tasks/{}",
+            task_of(&b, &ids[1])["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    let second_sent = second_task["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["state"] == "dispatched")
+        .unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(second_sent >= first_end, "{second_sent} < {first_end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_task_leaves_it_lost_never_succeeded() {
+    let data = tempfile::tempdir().unwrap();
+    let c = Controller::start(data.path(), FAST).await.unwrap();
+    let root = fixture_host("qemu-q35");
+    let agent = Agent::start(&c.agents, &root).await.unwrap();
+    let host = agent.mercury_id.clone();
+    c.wait_online(std::slice::from_ref(&host), WAIT)
+        .await
+        .unwrap();
+    let id = create(
+        &c,
+        json!({"query": {"mercury_id": host}, "capability": "run",
+                "args": {"shell": "sleep 30"}, "confirm": true}),
+    )
+    .await;
+    wait_until("the task runs", WAIT, || async {
+        let (_, job) = c.get(&format!("/api/v1/jobs/{id}")).await?;
+        Ok((job["counts"]["running"] == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    agent.kill().await.unwrap();
+    // The same server boots again: its new agent does not know the call.
+    let again = Agent::start(&c.agents, &root).await.unwrap();
+    assert_eq!(again.mercury_id, host);
+    let job = finished(&c, &id).await;
+    assert_eq!(job["counts"]["lost"], 1, "{job}");
+    let task = task_of(&job, &host);
+    assert!(
+        task["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without this call"),
+        "{task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_job_accounts_for_every_task_after_restart() {
+    let FixtureServers {
+        data,
+        controller,
+        agents: _agents,
+        ids,
+    } = FixtureServers::start(FAST, WAIT).await.unwrap();
+    let marker = data.path().join("runs");
+    let id = create(
+        &controller,
+        json!({"query": {}, "capability": "run", "confirm": true,
+                "args": {"shell": format!("echo x >> {}; sleep 4; echo done", marker.display())}}),
+    )
+    .await;
+    wait_until("every task runs", WAIT, || async {
+        let (_, job) = controller.get(&format!("/api/v1/jobs/{id}")).await?;
+        Ok((job["counts"]["running"] == 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    let (agents_addr, http_addr) = (controller.agents.clone(), controller.http_addr().to_owned());
+    controller.kill().await.unwrap();
+    let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, FAST)
+        .await
+        .unwrap();
+    let job = finished(&controller, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["counts"]["succeeded"], 3, "{job}");
+    for host in &ids {
+        let task = task_of(&job, host);
+        let (_, record) = controller
+            .get(&format!("/api/v1/tasks/{}", task["id"].as_str().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(record["output"]["stdout"]["head"], "done\n", "{record}");
+    }
+    // Each host ran the destructive command once: never dispatched twice.
+    let runs = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(runs.lines().count(), 3, "{runs}");
+}
