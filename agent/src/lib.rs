@@ -73,6 +73,10 @@ enum Cmd {
         /// controller that does not hold it.
         #[arg(long, env = "QS_SERVER_KEY")]
         server_key: qs_noise::PublicKey,
+        /// One-time enrollment token (`qs.token=` from `/boot/ipxe`, or `qs tokens boot
+        /// create`): admits this agent whatever the controller's enrollment policy.
+        #[arg(long, env = "QS_TOKEN", hide_env_values = true)]
+        boot_token: Option<String>,
         /// Read the machine under this directory instead of `/`.
         #[arg(long, default_value = "/")]
         root: PathBuf,
@@ -163,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run {
             controller,
             server_key,
+            boot_token,
             root,
             max_frame,
             reply_timeout,
@@ -171,7 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config =
                 session::SessionConfig::new(&controller, server_key, max_frame, reply_timeout)?;
             let lldp = (lldp > 0).then(|| Duration::from_secs(lldp));
-            session::run(config, sysroot(root), lldp).await
+            session::run(config, sysroot(root), lldp, boot_token).await
         }
     }
 }

@@ -124,6 +124,8 @@ pub struct Agent {
     /// The latest full inventory from the background inspections (slow facts, hotplug).
     slow: watch::Receiver<Option<Value>>,
     observer: Option<Arc<dyn SessionObserver>>,
+    /// A one-time enrollment token (`qs.token=`), presented inside every handshake.
+    enrollment_token: Option<String>,
 }
 
 impl Agent {
@@ -150,7 +152,16 @@ impl Agent {
             lldp: watch::channel(None).1,
             slow: watch::channel(None).1,
             observer: None,
+            enrollment_token: None,
         })
+    }
+
+    /// Presents `token` (a one-time boot token from `/boot/ipxe` or `qs tokens boot create`)
+    /// inside the Noise handshake, so a controller that does not admit agents freely admits
+    /// this one and binds its key.
+    pub fn with_enrollment_token(mut self, token: Option<String>) -> Self {
+        self.enrollment_token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// Sends each full inventory published on `inventories` (re-inspections) as an update.
@@ -199,11 +210,12 @@ enum Lost {
 
 /// Inspects the machine under `root`, then serves the controller until SIGINT/SIGTERM,
 /// reconnecting as needed (`qs-agent run`). `lldp_window`: listen for LLDP neighbours that
-/// long at a time (None: never).
+/// long at a time (None: never). `boot_token`: a one-time enrollment token to present.
 pub async fn run(
     config: SessionConfig,
     root: SysRoot,
     lldp_window: Option<Duration>,
+    boot_token: Option<String>,
 ) -> anyhow::Result<()> {
     let (identified, id) = inspect_until_identified(&root).await?;
     // The first stdout line tells scripts and tests who this agent is.
@@ -222,6 +234,7 @@ pub async fn run(
         Registry::standard(root.clone()),
         identity::boot_id(&root),
     )?
+    .with_enrollment_token(boot_token)
     .with_lldp(reinspection::spawn_lldp_listener(
         root.clone(),
         lldp_window,
@@ -337,7 +350,9 @@ async fn connect_and_serve(
         .connect(&config.endpoint)
         .await
         .with_context(|| format!("cannot connect to {}", config.endpoint))?;
-    let (initiator, first) = Initiator::new(&agent.key, &config.server_key)?;
+    let token = agent.enrollment_token.as_deref().unwrap_or_default();
+    let (initiator, first) =
+        Initiator::with_payload(&agent.key, &config.server_key, token.as_bytes())?;
     socket
         .send(ZmqMessage::from(Bytes::from(first)))
         .await
@@ -547,6 +562,10 @@ async fn serve(
                             info!("controller does not know this session (restarted?): registering again");
                             registering = Some((register(agent, &mut ids, outbox).await?, Instant::now()));
                         }
+                    }
+                    Body::Error(ErrorBody { code: ErrorCode::EnrollmentPending, message }) if registering.is_some_and(|(id, _)| Some(id) == env.re) => {
+                        info!(mercury_id = %agent.id, reason = %message, "waiting for an operator to admit this agent (qs agents approve ID); registering again later");
+                        return Ok(Lost::Reason(format!("enrollment pending: {message}")));
                     }
                     Body::Error(ErrorBody { code: ErrorCode::StaleBase, message }) => {
                         info!(reason = %message, "controller cannot apply the delta: sending the whole inventory");
