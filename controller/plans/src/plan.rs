@@ -192,7 +192,10 @@ fn parse(text: &str) -> Result<Plan, Located> {
     if steps_seq.is_empty() {
         return Err(Located::at(steps_node.span(), "`steps` is empty"));
     }
-    let mut names = Names::default();
+    let mut names = Names {
+        lines: BTreeMap::new(),
+        declared: declared_names(steps_seq),
+    };
     let mut steps = Vec::with_capacity(steps_seq.len());
     for node in steps_seq.iter() {
         // A main step sees the main steps before it and their recovery steps.
@@ -216,10 +219,27 @@ fn parse(text: &str) -> Result<Plan, Located> {
     })
 }
 
-/// Step names seen so far, with the line each was defined on.
-#[derive(Default)]
+/// Step names seen so far, with the line each was defined on, and every name the file
+/// declares (to tell a later step from a typo).
 struct Names {
     lines: BTreeMap<String, usize>,
+    declared: std::collections::BTreeSet<String>,
+}
+
+fn declared_names(steps: &MarkedSequenceNode) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for step in steps.iter().filter_map(Node::as_mapping) {
+        names.extend(step.get_scalar("name").map(|n| n.as_str().to_owned()));
+        for recovery in step
+            .get_sequence("on_failure")
+            .into_iter()
+            .flat_map(|seq| seq.iter())
+            .filter_map(Node::as_mapping)
+        {
+            names.extend(recovery.get_scalar("name").map(|n| n.as_str().to_owned()));
+        }
+    }
+    names
 }
 
 impl Names {
@@ -265,7 +285,7 @@ fn parse_step<'a>(
             let mut check = |text: &str, at: &str, span: &Span| {
                 let reads = template::check_template(text, at)
                     .map_err(|e| Located::at(span, format!("step `{name}`: {e}")))?;
-                check_reads(&reads, &name, at, visible, span)
+                check_reads(&reads, &name, at, visible, &names.declared, span)
             };
             Value::Object(yaml::mapping_to_json(args, "args", &mut check)?)
         }
@@ -282,7 +302,14 @@ fn parse_step<'a>(
             let text = scalar_text(node, &format!("step `{name}`: `when`"))?;
             let condition = Condition::compile(text)
                 .map_err(|e| Located::at(node.span(), format!("step `{name}`: {e}")))?;
-            check_reads(&condition.reads(), &name, "when", visible, node.span())?;
+            check_reads(
+                &condition.reads(),
+                &name,
+                "when",
+                visible,
+                &names.declared,
+                node.span(),
+            )?;
             Some(condition)
         }
     };
@@ -336,6 +363,7 @@ fn check_reads(
     step: &str,
     at: &str,
     visible: &std::collections::BTreeSet<String>,
+    declared: &std::collections::BTreeSet<String>,
     span: &Span,
 ) -> Result<(), Located> {
     for path in reads {
@@ -360,8 +388,10 @@ fn check_reads(
         if !visible.contains(target) {
             let reason = if target == step {
                 format!("step `{step}` ({at}) refers to itself")
-            } else {
+            } else if declared.contains(target) {
                 format!("step `{step}` ({at}) refers to `{target}`, which is not an earlier step")
+            } else {
+                format!("step `{step}` ({at}) refers to `{target}`, but the plan has no step of that name")
             };
             return Err(Located::at(span, reason));
         }
