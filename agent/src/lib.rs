@@ -4,11 +4,14 @@
 //! - [`session`]: the connection to the controller — register, heartbeat, serve calls, and
 //!   reconnect with [`backoff`] when the controller goes away; [`session::serve_controller`]
 //!   also drives simulated agents (benches) through the same code;
+//! - [`calls`]: the calls this process runs or ran, reported at every registration and never
+//!   run twice;
 //! - [`reinspection`]: what the agent learns after registering (slow facts, hotplug, LLDP).
 //!
 //! The agent ships in the boot image, so it links no HTTP server or database client.
 
 pub mod backoff;
+pub mod calls;
 pub mod identity;
 pub mod kernel_events;
 pub mod reinspection;

@@ -8,17 +8,22 @@
 use qs_proto::{Body, InventoryDelta, InventoryUpdate};
 use serde_json::Value;
 
-/// The last inventory sent and its version.
+/// The last inventory sent, its version and when it was collected.
 #[derive(Debug, Clone)]
 pub struct SentInventory {
     doc: Value,
     version: u64,
+    collected_at: String,
 }
 
 impl SentInventory {
-    /// The inventory sent at registration, version 1.
+    /// The inventory sent at registration, version 1, collected now.
     pub fn new(doc: Value) -> Self {
-        Self { doc, version: 1 }
+        Self {
+            doc,
+            version: 1,
+            collected_at: crate::calls::now_rfc3339(),
+        }
     }
 
     /// The document and version the controller has (what `register` sends).
@@ -26,7 +31,13 @@ impl SentInventory {
         (&self.doc, self.version)
     }
 
-    /// The message that brings the controller from the sent inventory to `doc`, if it changed.
+    /// When the current document was collected (RFC 3339, this machine's clock).
+    pub fn collected_at(&self) -> &str {
+        &self.collected_at
+    }
+
+    /// The message that brings the controller from the sent inventory to `doc` (collected
+    /// just now), if it changed.
     pub fn update_to(&mut self, doc: Value) -> Option<Body> {
         let patch = qs_proto::delta::diff(&self.doc, &doc);
         if patch.0.is_empty() {
@@ -34,11 +45,12 @@ impl SentInventory {
         }
         let base = self.version;
         self.version += 1;
+        self.collected_at = crate::calls::now_rfc3339();
         let delta = InventoryDelta {
             base,
             version: self.version,
             patch,
-            collected_at: None,
+            collected_at: Some(self.collected_at.clone()),
         };
         let delta_size = rmp_size(&delta);
         let full_size = rmp_size(&doc);
@@ -60,7 +72,7 @@ impl SentInventory {
         Body::InventoryUpdate(InventoryUpdate {
             inventory: self.doc.clone(),
             version: self.version,
-            collected_at: None,
+            collected_at: Some(self.collected_at.clone()),
         })
     }
 }
@@ -89,6 +101,9 @@ mod tests {
             panic!("expected a delta");
         };
         assert_eq!((delta.base, delta.version), (1, 2));
+        let collected = delta.collected_at.as_deref().unwrap();
+        assert_eq!(collected, sent.collected_at());
+        assert!(humantime::parse_rfc3339(collected).is_ok(), "{collected}");
         let mut doc = disks(8);
         json_patch::patch(&mut doc, &delta.patch).unwrap();
         assert_eq!(doc, disks(7));
@@ -107,5 +122,6 @@ mod tests {
             panic!()
         };
         assert_eq!((again.version, again.inventory), (3, json!({"a": 1})));
+        assert_eq!(again.collected_at.as_deref(), Some(sent.collected_at()));
     }
 }

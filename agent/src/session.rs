@@ -20,20 +20,18 @@
 //! inspection, signals, LLDP or kernel events.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use qs_capabilities::{CallContext, CapabilityError, Registry};
+use qs_capabilities::Registry;
 use qs_inspectors::SysRoot;
 use qs_noise::{Initiator, KeyPair, PublicKey};
 use qs_proto::codec::{self, DecodeError};
 use qs_proto::inventory::Inventory;
-use qs_proto::{
-    Body, CallOutcome, CallProgress, CallResult, CapabilityCall, Envelope, ErrorBody, ErrorCode,
-    ErrorReport, Heartbeat, MercuryId, MessageId, Register,
-};
+use qs_proto::{Body, Envelope, ErrorBody, ErrorCode, Heartbeat, MercuryId, MessageId, Register};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
@@ -41,6 +39,7 @@ use tracing::{debug, info, warn};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::backoff::Backoff;
+use crate::calls::{self, CallTable};
 use crate::identity;
 use crate::kernel_events;
 use crate::reinspection;
@@ -54,6 +53,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// First id of the messages call tasks send (the session loop counts from 1 per session).
+const CALL_MESSAGE_IDS: u64 = 1 << 40;
 
 /// Validated settings of a connection to the controller.
 #[derive(Debug, Clone)]
@@ -113,12 +114,18 @@ pub struct Agent {
     id: MercuryId,
     /// This agent's key pair for the Noise handshake, made when the agent starts.
     key: KeyPair,
-    capabilities: Registry,
+    pub(crate) capabilities: Registry,
     boot_id: String,
     /// The inventory last sent to the controller.
     inventory: Mutex<SentInventory>,
     /// Held by capabilities that must not run alongside each other.
-    exclusive: Mutex<()>,
+    pub(crate) exclusive: Mutex<()>,
+    /// Running and recently finished calls; outlives sessions.
+    pub(crate) calls: CallTable,
+    /// The registered session's outbox, for call tasks that outlive the session they came in.
+    registered: std::sync::Mutex<Option<mpsc::Sender<Envelope>>>,
+    /// Ids of messages call tasks send, apart from the session loop's small ones.
+    call_message_ids: AtomicU64,
     /// The LLDP neighbours last heard, when listening.
     lldp: watch::Receiver<Option<Value>>,
     /// The latest full inventory from the background inspections (slow facts, hotplug).
@@ -149,6 +156,9 @@ impl Agent {
             boot_id,
             inventory: Mutex::new(SentInventory::new(inventory)),
             exclusive: Mutex::new(()),
+            calls: CallTable::new(),
+            registered: std::sync::Mutex::new(None),
+            call_message_ids: AtomicU64::new(CALL_MESSAGE_IDS),
             lldp: watch::channel(None).1,
             slow: watch::channel(None).1,
             observer: None,
@@ -190,6 +200,43 @@ impl Agent {
     /// Its public key, which the controller sees in the handshake.
     pub fn public_key(&self) -> &PublicKey {
         self.key.public()
+    }
+
+    /// Calls running now (benches watch them).
+    pub fn calls_running(&self) -> usize {
+        self.calls.running()
+    }
+
+    /// A message id for a call task's message.
+    pub(crate) fn next_message_id(&self) -> MessageId {
+        MessageId(self.call_message_ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn registered_outbox(&self) -> Option<mpsc::Sender<Envelope>> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_registered(&self, outbox: Option<mpsc::Sender<Envelope>>) {
+        *self.registered.lock().unwrap_or_else(|e| e.into_inner()) = outbox;
+    }
+
+    /// Sends `body` about call `call` on the registered session; false when none is.
+    pub(crate) async fn send_for_call(&self, call: MessageId, body: Body) -> bool {
+        let Some(outbox) = self.registered_outbox() else {
+            return false;
+        };
+        let env = Envelope::reply(self.next_message_id(), call, body);
+        outbox.send(env).await.is_ok()
+    }
+
+    /// After a full `inspect` call: the registered session gets what changed.
+    pub(crate) async fn refresh_after_inspect(&self, inventory: &Value) {
+        if let Some(outbox) = self.registered_outbox() {
+            refresh_inventory(self, inventory, &outbox, self.next_message_id()).await;
+        }
     }
 }
 
@@ -395,6 +442,7 @@ async fn connect_and_serve(
         opener,
     };
     let end = serve(agent, config, &mut recv, &outbox, registrations).await;
+    agent.set_registered(None);
     writer.abort();
     end
 }
@@ -418,10 +466,10 @@ async fn register(
     outbox: &mpsc::Sender<Envelope>,
 ) -> anyhow::Result<MessageId> {
     let id = ids.next();
-    let (inventory, inventory_version) = {
+    let (inventory, inventory_version, collected_at) = {
         let sent = agent.inventory.lock().await;
         let (doc, version) = sent.current();
-        (doc.clone(), version)
+        (doc.clone(), version, sent.collected_at().to_owned())
     };
     let body = Body::Register(Register {
         mercury_id: agent.id.clone(),
@@ -431,8 +479,8 @@ async fn register(
         inventory,
         inventory_version,
         image_id: image_id(),
-        calls: Vec::new(),
-        collected_at: None,
+        calls: agent.calls.records(),
+        collected_at: Some(collected_at),
     });
     send(outbox, Envelope::new(id, body)).await?;
     Ok(id)
@@ -545,6 +593,10 @@ async fn serve(
                             ticker = tokio::time::interval(heartbeat);
                             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             info!(heartbeat = ?heartbeat, "registered with the controller");
+                            agent.set_registered(Some(outbox.clone()));
+                            for (call, result) in agent.calls.take_unsent() {
+                                send(outbox, Envelope::reply(agent.next_message_id(), call, Body::CallResult(result))).await?;
+                            }
                         }
                     }
                     Body::Heartbeat(_) => {
@@ -560,6 +612,7 @@ async fn serve(
                     Body::Error(ErrorBody { code: ErrorCode::NotRegistered, .. }) => {
                         if registering.is_none() {
                             info!("controller does not know this session (restarted?): registering again");
+                            agent.set_registered(None);
                             registering = Some((register(agent, &mut ids, outbox).await?, Instant::now()));
                         }
                     }
@@ -579,7 +632,14 @@ async fn serve(
                         }
                     }
                     Body::CapabilityCall(call) => {
-                        tokio::spawn(serve_call(agent.clone(), env.id, call, outbox.clone(), ids.next().0 << 32));
+                        if let Some(refusal) = calls::admit(agent, env.id, call) {
+                            send(outbox, Envelope::reply(ids.next(), env.id, Body::Error(refusal))).await?;
+                        }
+                    }
+                    Body::CancelCall(_) => {
+                        if let Some(reply) = calls::cancel(agent, env.re) {
+                            send(outbox, Envelope::reply(ids.next(), env.id, reply)).await?;
+                        }
                     }
                     other => {
                         let reply = Envelope::reply(ids.next(), env.id, Body::Error(ErrorBody {
@@ -618,113 +678,9 @@ async fn reject_frame(
     Ok(())
 }
 
-/// Runs one call off the session loop; `id_base` keeps its message ids apart from the loop's.
-async fn serve_call(
-    agent: Arc<Agent>,
-    call_id: MessageId,
-    call: CapabilityCall,
-    outbox: mpsc::Sender<Envelope>,
-    id_base: u64,
-) {
-    let mut next = id_base;
-    let mut new_id = move || {
-        next += 1;
-        MessageId(next)
-    };
-    let Some(exclusive) = agent.capabilities.is_exclusive(&call.capability) else {
-        warn!(capability = %call.capability, "unknown capability called");
-        let error = ErrorBody {
-            code: ErrorCode::UnknownCapability,
-            message: CapabilityError::Unknown {
-                name: call.capability.clone(),
-            }
-            .to_string(),
-        };
-        let _ = outbox
-            .send(Envelope::reply(new_id(), call_id, Body::Error(error)))
-            .await;
-        return;
-    };
-    let _lock = if exclusive {
-        Some(agent.exclusive.lock().await)
-    } else {
-        None
-    };
-    info!(capability = %call.capability, "serving call");
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(String, Option<f32>)>();
-    let runner = {
-        let agent = agent.clone();
-        let call = call.clone();
-        tokio::task::spawn_blocking(move || {
-            let ctx = CallContext::new().with_progress(move |message, percent| {
-                let _ = progress_tx.send((message.to_owned(), percent));
-            });
-            agent.capabilities.call(&call.capability, &call.args, &ctx)
-        })
-    };
-    tokio::pin!(runner);
-    let result = loop {
-        tokio::select! {
-            Some((message, percent)) = progress_rx.recv() => {
-                let body = Body::CallProgress(CallProgress { message, percent, stage: None });
-                let _ = outbox.send(Envelope::reply(new_id(), call_id, body)).await;
-            }
-            joined = &mut runner => break joined,
-        }
-    };
-    let reply = match result {
-        Ok(Ok(output)) => {
-            // A partial inspection (`only`) must not replace the stored full inventory.
-            let full = call.args.get("only").is_none();
-            if call.capability == "inspect" && full {
-                refresh_inventory(&agent, &output, &outbox, new_id()).await;
-            }
-            Body::CallResult(CallResult {
-                outcome: CallOutcome::Succeeded(output),
-                output: None,
-            })
-        }
-        Ok(Err(CapabilityError::BadArguments { capability, reason })) => Body::Error(ErrorBody {
-            code: ErrorCode::BadArguments,
-            message: format!("bad arguments for {capability}: {reason}"),
-        }),
-        Ok(Err(CapabilityError::Unsuccessful { message, output })) => {
-            Body::CallResult(CallResult {
-                outcome: CallOutcome::Failed(ErrorReport {
-                    message,
-                    causes: Vec::new(),
-                }),
-                output: Some(output),
-            })
-        }
-        Ok(Err(error @ CapabilityError::TimedOut { .. })) => {
-            let report = ErrorReport::from_error(&error);
-            let CapabilityError::TimedOut { output, .. } = error else {
-                unreachable!()
-            };
-            Body::CallResult(CallResult {
-                outcome: CallOutcome::TimedOut(report),
-                output: Some(output),
-            })
-        }
-        Ok(Err(error)) => Body::CallResult(CallResult {
-            outcome: CallOutcome::Failed(ErrorReport::from_error(&error)),
-            output: None,
-        }),
-        Err(join_error) => Body::CallResult(CallResult {
-            outcome: CallOutcome::Failed(ErrorReport {
-                message: format!("{} crashed", call.capability),
-                causes: vec![join_error.to_string()],
-            }),
-            output: None,
-        }),
-    };
-    let _ = outbox.send(Envelope::reply(new_id(), call_id, reply)).await;
-}
-
 /// After a full inspection the controller gets what changed: a delta, the whole inventory, or
 /// nothing.
-async fn refresh_inventory(
+pub(crate) async fn refresh_inventory(
     agent: &Agent,
     output: &serde_json::Value,
     outbox: &mpsc::Sender<Envelope>,

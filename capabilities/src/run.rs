@@ -20,7 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use qs_proto::{check_args, ArgInfo, CapabilityInfo, OutputStream};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{CallContext, Capability, CapabilityError};
 
@@ -485,7 +485,7 @@ impl Capability for Run {
         let request = self.parse(args)?;
         if ctx.is_cancelled() {
             return Err(CapabilityError::Cancelled {
-                output: Value::Object(Map::new()),
+                output: Value::Null,
             });
         }
         self.execute(&request, ctx)
