@@ -376,3 +376,119 @@ async fn a_controller_killed_mid_job_accounts_for_every_task_after_restart() {
     let runs = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(runs.lines().count(), 3, "{runs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_runs_its_steps_per_host_with_assets_and_recovers_a_failed_step() {
+    let servers = FixtureServers::start(FAST, WAIT).await.unwrap();
+    let c = &servers.controller;
+    let host = servers.ids[2].clone();
+    let plans = servers.data.path().join("config/firmware");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::write(
+        plans.join("update.yaml"),
+        r#"name: update
+description: check, flash (which fails here), roll back
+steps:
+  - name: check
+    capability: run
+    args:
+      shell: "echo rack {{ assets.rack }} host {{ host }}"
+  - name: skipped
+    capability: run
+    when: steps.check.state != 'succeeded'
+    args:
+      shell: "echo never"
+  - name: flash
+    capability: run
+    args:
+      shell: "echo flashing >&2; exit 4"
+    on_failure:
+      - name: rollback
+        capability: run
+        args:
+          shell: "echo rolled back after exit {{ steps.flash.output.exit_code }}"
+  - name: verify
+    capability: run
+    args:
+      shell: "echo not reached"
+"#,
+    )
+    .unwrap();
+    let assets = servers.data.path().join("assets.yaml");
+    std::fs::write(&assets, format!("{host}:\n  rack: 7\n")).unwrap();
+    let (ok, _, err) = c
+        .cli(&["assets", "import", assets.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let (ok, out, err) = c
+        .cli(&[
+            "jobs",
+            "create",
+            "--query",
+            &json!({"mercury_id": host}).to_string(),
+            "--plan",
+            "firmware/update",
+            "--yes",
+            "--json",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = finished(c, &id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let task_id = task_of(&job, &host)["id"].as_str().unwrap().to_owned();
+    let (_, task) = c.get(&format!("/api/v1/tasks/{task_id}")).await.unwrap();
+    let reason = task["state_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("step flash failed") && reason.contains("recovery succeeded"),
+        "{task}"
+    );
+    let steps: Vec<(&str, &str)> = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("check", "succeeded"),
+            ("skipped", "skipped"),
+            ("flash", "failed"),
+            ("rollback", "succeeded"),
+        ],
+        "{task}"
+    );
+    let (ok, out, _) = c
+        .cli(&["tasks", "logs", &task_id, "--step", "check"])
+        .await
+        .unwrap();
+    assert!(ok);
+    assert_eq!(out, format!("rack 7 host {host}\n"));
+    let (ok, out, _) = c
+        .cli(&["tasks", "logs", &task_id, "--step", "flash.rollback"])
+        .await
+        .unwrap();
+    assert!(ok);
+    assert_eq!(out, "rolled back after exit 4\n");
+    let (ok, out, _) = c.cli(&["tasks", "show", &task_id]).await.unwrap();
+    assert!(ok && out.contains("rollback (recovers flash)"), "{out}");
+    // A plan that does not exist is refused at creation.
+    let (status, answer) = c
+        .post(
+            "/api/v1/jobs",
+            &json!({"query": {}, "plan": "firmware/nope", "confirm": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("firmware/nope"));
+}
