@@ -9,6 +9,10 @@
 //! a list, an object, a boolean, null); any other string holding `{{`, `{%` or `{#` is rendered
 //! as a template and stays a string; strings without template syntax, and every non-string,
 //! are kept as they are. Object keys are never templates.
+//!
+//! Undefined values are strict: printing, comparing or iterating one fails naming its dotted
+//! path. Optional values are read with `x | default(v)` or tested with `x is defined`; a lookup
+//! below a missing parent (`assets.raid.level` without `assets.raid`) still fails.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
@@ -497,6 +501,44 @@ mod tests {
             Condition::compile("steps.check ==").unwrap_err(),
             TemplateError::Syntax { .. }
         ));
+    }
+
+    #[test]
+    fn optional_values_use_default_or_is_defined() {
+        let mut ctx = host();
+        ctx.record_step(
+            "create",
+            "failed",
+            Value::Null,
+            json!({"message": "array degraded"}),
+        );
+        ctx.record_step("probe", "succeeded", json!({}), Value::Null);
+        for (source, expected) in [
+            ("assets.bmc.wipe | default(false)", false),
+            (
+                "'degraded' in (steps.create.error.message | default(''))",
+                true,
+            ),
+            (
+                "'degraded' in (steps.probe.error.message | default(''))",
+                false,
+            ),
+            ("steps.later is defined", false),
+            ("steps.probe.error is none", true),
+        ] {
+            let condition = Condition::compile(source).unwrap();
+            assert_eq!(condition.evaluate(ctx.as_value()), Ok(expected), "{source}");
+        }
+        let deep = Condition::compile("assets.raid.level is defined").unwrap();
+        assert_eq!(
+            deep.evaluate(ctx.as_value()).unwrap_err().missing_key(),
+            Some("assets.raid")
+        );
+        let args = json!({"level": "{{ assets.raid_level | default(10) }}"});
+        assert_eq!(
+            render_args(&args, ctx.as_value()).unwrap(),
+            json!({"level": 10})
+        );
     }
 
     #[test]
