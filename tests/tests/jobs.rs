@@ -295,6 +295,50 @@ async fn jobs_run_on_the_selected_hosts_and_record_every_task() {
         .unwrap()
         .to_owned();
     assert!(second_sent >= first_end, "{second_sent} < {first_end}");
+
+    // A token restricted to a segment reaches only its hosts and sees only its own jobs.
+    let (status, made) = c
+        .post(
+            "/api/v1/tokens",
+            &json!({"role": "admin", "segment": {"mercury_id": ids[0]}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{made}");
+    let restricted = c.client_with(made["secret"].as_str().unwrap());
+    let url = |path: &str| format!("http://{}/api/v1/{path}", c.http_addr());
+    let answer: Value = restricted
+        .post(url("jobs"))
+        .json(&json!({"query": {}, "capability": "run", "args": {"command": ["true"]}, "confirm": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["job"]["tasks"], 1, "{answer}");
+    let own = answer["job"]["id"].as_str().unwrap().to_owned();
+    let listed: Value = restricted
+        .get(url("jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![own.as_str()]);
+    let other = restricted
+        .get(url(&format!("jobs/{first}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

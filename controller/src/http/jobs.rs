@@ -53,6 +53,29 @@ fn requester(caller: Option<Extension<Caller>>) -> Requester {
     }
 }
 
+/// Whether a caller may see a job: every job for an unrestricted token; only its own for a
+/// segment-restricted one (the gate lets those through because these handlers check).
+fn visible(caller: &Option<Extension<Caller>>, job: &JobRecord) -> bool {
+    match caller {
+        Some(Extension(c)) if c.segment.is_some() => job.created_by == c.name,
+        _ => true,
+    }
+}
+
+/// A job the caller may see, or 404.
+async fn visible_job(
+    state: &AppState,
+    caller: &Option<Extension<Caller>>,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
+    let job = load_job(state, id).await?;
+    if visible(caller, &job) {
+        Ok(job)
+    } else {
+        Err(ApiError::not_found(format!("no job {id}")))
+    }
+}
+
 /// `POST /api/v1/jobs`: 201 with the job, or 200 with the hosts of a dry run.
 pub async fn create(
     State(state): State<AppState>,
@@ -102,9 +125,13 @@ fn with_counts(state: &AppState, job: JobRecord) -> Value {
 /// `GET /api/v1/jobs`: newest first.
 pub async fn list(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     UrlQuery(params): UrlQuery<ListParams>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let mut filter = json!({});
+    if let Some(Extension(c)) = caller.as_ref().filter(|c| c.segment.is_some()) {
+        filter["created_by"] = json!(c.name);
+    }
     if let Some(s) = &params.state {
         if !["running", "succeeded", "failed", "cancelled"].contains(&s.as_str()) {
             return Err(ApiError::bad_request(
@@ -178,9 +205,10 @@ fn task_summary(task: &TaskRecord) -> Value {
 /// `GET /api/v1/jobs/{id}`: the job, counts per state, every task's outcome, slowest hosts.
 pub async fn show(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = load_job(&state, &id).await?;
+    let job = visible_job(&state, &caller, &id).await?;
     let mut tasks = state
         .jobs
         .job_tasks_from_store(&id)
@@ -224,9 +252,10 @@ pub async fn show(
 /// `POST /api/v1/jobs/{id}/cancel`.
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = load_job(&state, &id).await?;
+    let job = visible_job(&state, &caller, &id).await?;
     if state.jobs.cancel(&id) {
         Ok(Json(json!({"id": id, "cancel_requested": true})))
     } else {
@@ -244,11 +273,12 @@ pub async fn cancel(
 /// finished. A transition may appear twice around the snapshot; each carries its time.
 pub async fn events(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before the snapshot so nothing falls between them.
     let receiver = state.jobs.subscribe();
-    let job = load_job(&state, &id).await?;
+    let job = visible_job(&state, &caller, &id).await?;
     let mut tasks = state
         .jobs
         .job_tasks_from_store(&id)
@@ -337,11 +367,28 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// 404 unless the caller may see the task's job (a task id is `JOB.N`).
+async fn task_visible(
+    state: &AppState,
+    caller: &Option<Extension<Caller>>,
+    task: &str,
+) -> Result<(), ApiError> {
+    if caller.as_ref().is_some_and(|c| c.segment.is_some()) {
+        let job = task.rsplit_once('.').map_or(task, |(job, _)| job);
+        visible_job(state, caller, job)
+            .await
+            .map_err(|_| ApiError::not_found(format!("no task {task}")))?;
+    }
+    Ok(())
+}
+
 /// `GET /api/v1/tasks/{id}`.
 pub async fn task(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    task_visible(&state, &caller, &id).await?;
     if let Some((task, _)) = state.jobs.live_task(&id) {
         return Ok(Json(serde_json::to_value(task).unwrap_or(Value::Null)));
     }
@@ -365,8 +412,10 @@ pub struct LogParams {
 pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    caller: Option<Extension<Caller>>,
     UrlQuery(params): UrlQuery<LogParams>,
 ) -> Result<Json<Value>, ApiError> {
+    task_visible(&state, &caller, &id).await?;
     let key = match &params.step {
         Some(step) => format!("{id}/{step}"),
         None => id.clone(),

@@ -48,7 +48,9 @@ const MAX_FILTERED_ANSWER: usize = 256 << 20;
 
 /// Path prefixes whose handlers apply the caller's segment themselves ([`Caller::restrict`],
 /// [`Caller::may_act_on`]); segment-restricted tokens may use them.
-pub const SEGMENT_AWARE: &[&str] = &[];
+/// Jobs: creation ANDs the segment into the job's query; a restricted token sees only the
+/// jobs (and their tasks) it created.
+pub const SEGMENT_AWARE: &[&str] = &["/api/v1/jobs", "/api/v1/tasks/"];
 
 /// Tokens, the audit log, and what was refused.
 pub struct Gate {
