@@ -220,6 +220,27 @@ async fn plans_and_assets_through_a_controller() {
         assert!(err.contains("no asset set applies"), "{err}");
     }
 
+    // A fleet-sized file (over the API's 2 MiB body limit) goes in several transactions.
+    let fleet = config.path().join("fleet.yaml");
+    let text: String = (0..3000)
+        .map(|i| {
+            format!(
+                "RACK-SN{i:05}:\n  note: \"{}\"\n  slot: {i}\n",
+                "x".repeat(700)
+            )
+        })
+        .collect();
+    std::fs::write(&fleet, text).unwrap();
+    let (ok, out, err) = c
+        .cli(&["assets", "import", fleet.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("imported 3000 asset sets"), "{out}");
+    let (status, last) = c.get("/api/v1/assets/RACK-SN02999").await.unwrap();
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["assets"]["slot"], 2999);
+
     // A bad file is refused before anything is sent, naming file and line.
     let bad = config.path().join("bad-assets.yaml");
     std::fs::write(&bad, "SN1:\n  rack: 1\nSN1:\n  rack: 2\n").unwrap();
