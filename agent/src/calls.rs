@@ -466,11 +466,12 @@ pub fn admit(agent: &Arc<Agent>, id: MessageId, call: CapabilityCall) -> Option<
         Ok(ticket) => ticket,
         Err(duplicate) => return refuse(ErrorCode::DuplicateCall, duplicate.to_string()),
     };
+    let exclusive = info.takes_exclusive_lock(&args);
     let call = CapabilityCall {
         capability: info.name,
         args,
     };
-    tokio::spawn(run_call(agent.clone(), call, info.exclusive, ticket));
+    tokio::spawn(run_call(agent.clone(), call, exclusive, ticket));
     None
 }
 

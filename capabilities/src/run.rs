@@ -467,6 +467,14 @@ impl Capability for Run {
                 arg("env", "object", "environment variables added to PATH (strings)"),
                 arg("cwd", "string", "working directory (default: the agent's)"),
                 ArgInfo {
+                    default: Some(Value::Bool(false)),
+                    ..arg(
+                        "exclusive",
+                        "boolean",
+                        "take the agent's exclusive lock: no exclusive call runs beside this one",
+                    )
+                },
+                ArgInfo {
                     default: Some(Value::from(DEFAULT_TIMEOUT)),
                     ..arg(
                         "timeout",
@@ -794,12 +802,18 @@ mod tests {
             json!({"shell": "true", "timeout": -1}),
             json!({"shell": "true", "colour": "red"}),
             json!({"command": ["a\u{0}b"]}),
+            json!({"shell": "true", "exclusive": "yes"}),
         ] {
             assert!(
                 matches!(run.parse(&args), Err(CapabilityError::BadArguments { .. })),
                 "{args}"
             );
         }
+        assert!(run
+            .parse(&json!({"shell": "true", "exclusive": true}))
+            .is_ok());
+        assert!(run.info().takes_exclusive_lock(&json!({"exclusive": true})));
+        assert!(!run.info().takes_exclusive_lock(&json!({})));
         let request = run.parse(&json!({"shell": "true"})).unwrap();
         assert_eq!(request.argv, vec!["/bin/sh", "-c", "true"]);
         assert_eq!(request.timeout, Duration::from_secs(3600));

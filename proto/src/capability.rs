@@ -46,6 +46,19 @@ pub struct ArgInfo {
     pub choices: Option<Vec<String>>,
 }
 
+impl CapabilityInfo {
+    /// Whether a call with `args` takes the agent's exclusive lock: the capability always does,
+    /// or it declares a boolean `exclusive` argument and the call sets it.
+    pub fn takes_exclusive_lock(&self, args: &Value) -> bool {
+        self.exclusive
+            || (self
+                .args
+                .iter()
+                .any(|a| a.name == "exclusive" && a.kind == "boolean")
+                && args.get("exclusive") == Some(&Value::Bool(true)))
+    }
+}
+
 /// Why a call's arguments do not fit a capability's schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("argument {argument}: {reason}")]
@@ -280,6 +293,18 @@ mod tests {
         }
         let err = check_args(&info(), &json!({})).unwrap_err();
         assert_eq!(err.to_string(), "argument image: required");
+    }
+
+    #[test]
+    fn exclusivity_comes_from_the_capability_or_a_boolean_argument() {
+        let mut info = info();
+        assert!(info.takes_exclusive_lock(&json!({})));
+        info.exclusive = false;
+        assert!(!info.takes_exclusive_lock(&json!({"exclusive": true})));
+        info.args.push(arg("exclusive", "boolean"));
+        assert!(info.takes_exclusive_lock(&json!({"exclusive": true})));
+        assert!(!info.takes_exclusive_lock(&json!({"exclusive": false})));
+        assert!(!info.takes_exclusive_lock(&json!({"exclusive": "yes"})));
     }
 
     #[test]
