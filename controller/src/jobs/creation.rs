@@ -276,7 +276,7 @@ impl Jobs {
                             reason: e.to_string(),
                         })?;
                     destructive |= info.destructive;
-                    let exclusive = takes_exclusive_lock(info, &checked);
+                    let exclusive = info.takes_exclusive_lock(&checked);
                     let timeout_s = timeout
                         .map(|t| t.as_secs().max(1))
                         .or((info.default_timeout > 0).then_some(info.default_timeout))
@@ -429,17 +429,6 @@ impl Jobs {
 
 fn unreachable_plan() -> Result<(), JobError> {
     Err(JobError::Plan("plan not loaded".into()))
-}
-
-/// Whether a call takes the host's exclusive lock: its capability always does, or it lets a
-/// call ask for it with a boolean `exclusive` argument.
-pub(super) fn takes_exclusive_lock(info: &CapabilityInfo, args: &Value) -> bool {
-    info.exclusive
-        || (info
-            .args
-            .iter()
-            .any(|a| a.name == "exclusive" && a.kind == "boolean")
-            && args.get("exclusive") == Some(&Value::Bool(true)))
 }
 
 /// Whether a step's arguments read earlier steps' results (rendered only when it runs).

@@ -293,7 +293,7 @@ async fn run_step(
     let (args, exclusive, destructive, default_timeout) = match &info {
         Some(info) => match check_args(info, &args) {
             Ok(args) => {
-                let exclusive = super::creation::takes_exclusive_lock(info, &args);
+                let exclusive = info.takes_exclusive_lock(&args);
                 (args, exclusive, info.destructive, info.default_timeout)
             }
             Err(e) => {
