@@ -30,6 +30,18 @@ impl SecurePeer {
         server_key: &PublicKey,
         key: KeyPair,
     ) -> anyhow::Result<Self> {
+        Self::connect_with_token(endpoint, id, server_key, key, "").await
+    }
+
+    /// As [`SecurePeer::connect_with`], presenting an enrollment `token` in the handshake
+    /// (as `qs-agent --boot-token` does).
+    pub async fn connect_with_token(
+        endpoint: &str,
+        id: &str,
+        server_key: &PublicKey,
+        key: KeyPair,
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let mut options = SocketOptions::default();
         options.peer_identity(
             id.as_bytes()
@@ -38,7 +50,7 @@ impl SecurePeer {
         );
         let mut socket = DealerSocket::with_options(options);
         socket.connect(endpoint).await.context("cannot connect")?;
-        let (initiator, first) = Initiator::new(&key, server_key)?;
+        let (initiator, first) = Initiator::with_payload(&key, server_key, token.as_bytes())?;
         socket.send(ZmqMessage::from(Bytes::from(first))).await?;
         let reply = tokio::time::timeout(std::time::Duration::from_secs(20), socket.recv())
             .await
