@@ -199,6 +199,19 @@ impl Fleet {
         spread: Duration,
         reply_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_with(endpoint, servers, spread, reply_timeout, |server| {
+            Registry::standard(SysRoot::new(fixture_host(&server.host)))
+        })
+    }
+
+    /// [`Fleet::start`] with the capabilities `registry` gives each server.
+    pub fn start_with(
+        endpoint: &str,
+        servers: Vec<SimulatedServer>,
+        spread: Duration,
+        reply_timeout: Duration,
+        registry: impl Fn(&SimulatedServer) -> Registry,
+    ) -> anyhow::Result<Self> {
         let config = SessionConfig::new(
             endpoint,
             crate::server_key(endpoint)?.parse()?,
@@ -219,11 +232,11 @@ impl Fleet {
                 ..AgentRecord::default()
             });
             records.push(record.clone());
-            let root = SysRoot::new(fixture_host(&server.host));
+            let capabilities = registry(&server);
             let agent = qs_agent::session::Agent::new(
                 server.id,
                 server.inventory,
-                Registry::standard(root),
+                capabilities,
                 format!("simulated-{i}"),
             )?
             .with_observer(record.clone());

@@ -13,6 +13,7 @@
 //! dialling that controller's endpoint ([`server_key`]). [`secure_peer`] drives a session by
 //! hand.
 
+pub mod bench_report;
 pub mod fleet;
 pub mod process_usage;
 pub mod secure_peer;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use qs_tests::bench_report::{goal, mib, ms as fmt, percentile, threads};
 use qs_tests::fleet::{self, Fleet};
 use qs_tests::process_usage::{busiest_threads, Process};
 use qs_tests::{wait_until, Controller};
@@ -427,37 +428,4 @@ async fn stop_perf(perf: tokio::process::Child) -> anyhow::Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((count("sys_enter_fsync"), count("sys_enter_fdatasync")))
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[at])
-}
-
-fn fmt(d: Option<Duration>) -> String {
-    d.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn goal(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
-fn threads(list: &[qs_tests::process_usage::ThreadCpu]) -> String {
-    list.iter()
-        .map(|t| format!("{}:{:.2?}", t.name, t.cpu))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

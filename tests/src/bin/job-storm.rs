@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
     let tasks = created["job"]["tasks"].as_u64().unwrap_or(0);
     let mut watch = tokio::process::Command::new(qs_tests::bin_dir().join("qs"))
         .args(["--url", &format!("http://{}", controller.http_addr())])
-        .args(["--token", controller.token()])
+        .args(["--token", &controller.token])
         .args(["jobs", "watch", &id])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
