@@ -27,10 +27,16 @@ pub const CONTEXT_ROOTS: [&str; 4] = ["inventory", "assets", "host", "steps"];
 /// Functions minijinja offers as globals: undeclared names, but not missing values.
 const GLOBAL_FUNCTIONS: [&str; 4] = ["range", "dict", "namespace", "debug"];
 
+/// Work one template or condition may do per host: about that many instructions or 64 times
+/// as many bytes made (minijinja's fuel). Far above what argument templates need; a loop of a
+/// billion iterations, or a gigabyte string, stops here instead of holding a job's creation.
+pub const FUEL: u64 = 200_000;
+
 /// One engine for the whole process: strict, so a missing value is an error, never "".
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
     env
 });
 
@@ -469,6 +475,26 @@ mod tests {
         let error =
             render_args(&json!({"a": "{{ inventory.disks + 1 }}"}), ctx.as_value()).unwrap_err();
         assert!(matches!(error, TemplateError::Render { .. }), "{error}");
+    }
+
+    #[test]
+    fn runaway_templates_stop() {
+        let ctx = host();
+        for template in [
+            "{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(1000) %}{% endfor %}{% endfor %}{% endfor %}",
+            "{{ 'x' * 1000000000 }}",
+        ] {
+            let error = render_args(&json!({"a": template}), ctx.as_value()).unwrap_err();
+            assert!(error.to_string().contains("fuel"), "{error}");
+        }
+        // Ordinary work over a sizeable inventory stays well within the budget.
+        let disks: Vec<Value> = (0..2000)
+            .map(|i| json!({"name": format!("sd{i}"), "size": i}))
+            .collect();
+        let big = HostContext::new("h", json!({"disks": disks}), None);
+        let args = json!({"names": "{{ inventory.disks | selectattr('size', 'gt', 1000) | map(attribute='name') | join(',') }}"});
+        let out = render_args(&args, big.as_value()).unwrap();
+        assert!(out["names"].as_str().unwrap().starts_with("sd1001,sd1002"));
     }
 
     #[test]
