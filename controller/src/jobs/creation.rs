@@ -140,12 +140,7 @@ fn parse_timeout(value: &Option<Value>) -> Result<Option<Duration>, JobError> {
 
 /// Whether any string in `args` is a template.
 fn has_templates(args: &Value) -> bool {
-    match args {
-        Value::String(s) => qs_plans::template::is_template(s),
-        Value::Array(items) => items.iter().any(has_templates),
-        Value::Object(map) => map.values().any(has_templates),
-        _ => false,
-    }
+    mentions(args, "")
 }
 
 impl Jobs {
@@ -194,7 +189,11 @@ impl Jobs {
         let templated = has_templates(&args)
             || plan
                 .as_ref()
-                .is_some_and(|p| p.steps.iter().any(|s| has_templates(&s.args)));
+                .is_some_and(|p| p.all_steps().any(|s| has_templates(&s.args)));
+        let reads_assets = mentions(&args, "assets")
+            || plan
+                .as_ref()
+                .is_some_and(|p| p.all_steps().any(|s| mentions(&s.args, "assets")));
         let mut find = json!({"filter": filter, "sort": {"mercury_id": 1}});
         if !templated {
             find["projection"] = json!({"mercury_id": 1, "agent": 1});
@@ -232,7 +231,12 @@ impl Jobs {
                 continue;
             };
             let context = if templated {
-                let assets = crate::assets::assets_for(&self.store, &doc).await?;
+                // Three lookups per host: only when a template reads the asset set.
+                let assets = if reads_assets {
+                    crate::assets::assets_for(&self.store, &doc).await?
+                } else {
+                    None
+                };
                 Some(qs_plans::HostContext::new(&host, doc.clone(), assets))
             } else {
                 None
@@ -290,15 +294,11 @@ impl Jobs {
                 }
                 (Work::Plan(_), Some(plan)) => {
                     let mut longest = 0;
-                    for step in plan
-                        .steps
-                        .iter()
-                        .chain(plan.steps.iter().flat_map(|s| s.on_failure.iter()))
-                    {
+                    for step in plan.all_steps() {
                         let info = find_capability(&step.capability)?;
                         destructive |= info.destructive;
                         // Step arguments that read earlier steps render when the step runs.
-                        if !step_reads_steps(&step.args) {
+                        if !mentions(&step.args, "steps") {
                             let rendered = render(&step.args)?;
                             check_args(info, &rendered).map_err(|e| JobError::BadArguments {
                                 host: host.clone(),
@@ -431,12 +431,12 @@ fn unreachable_plan() -> Result<(), JobError> {
     Err(JobError::Plan("plan not loaded".into()))
 }
 
-/// Whether a step's arguments read earlier steps' results (rendered only when it runs).
-fn step_reads_steps(args: &Value) -> bool {
+/// Whether a template in `args` names `word` (a cheap over-approximation of "reads it").
+fn mentions(args: &Value, word: &str) -> bool {
     match args {
-        Value::String(s) => qs_plans::template::is_template(s) && s.contains("steps"),
-        Value::Array(items) => items.iter().any(step_reads_steps),
-        Value::Object(map) => map.values().any(step_reads_steps),
+        Value::String(s) => qs_plans::template::is_template(s) && s.contains(word),
+        Value::Array(items) => items.iter().any(|v| mentions(v, word)),
+        Value::Object(map) => map.values().any(|v| mentions(v, word)),
         _ => false,
     }
 }
