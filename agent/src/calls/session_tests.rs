@@ -178,7 +178,7 @@ impl Controller {
         self.reply(
             env.id,
             Body::Registered(Registered {
-                heartbeat_interval_ms: 100,
+                heartbeat_interval_ms: 1000,
             }),
         )
         .await;
@@ -219,7 +219,7 @@ async fn calls_stream_cancel_refuse_duplicates_and_survive_a_reconnect() {
         &endpoint,
         server_key,
         DEFAULT_MAX_FRAME,
-        Duration::from_millis(600),
+        Duration::from_secs(5),
     )
     .unwrap();
     let stop = Arc::new(Notify::new());
