@@ -629,3 +629,332 @@ impl CallObserver for Jobs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::agents::counters::Counters;
+    use crate::agents::registry::{AgentRecord, RegistryConfig};
+    use crate::agents::transport::Connection;
+    use crate::jobs::creation::{JobRequest, Requester};
+    use qs_proto::{codec, ArgInfo, Body, CallOutcome, CapabilityInfo, ErrorCode};
+    use time::OffsetDateTime;
+
+    const A: &str = "013c16030373937262a32e831ff18c941b6481ded8";
+    const B: &str = "00bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    struct Rig {
+        jobs: Arc<Jobs>,
+        dispatcher: Arc<Dispatcher>,
+        store: Store,
+        conn: Arc<Connection>,
+        sent: mpsc::Receiver<Vec<u8>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn capability(destructive: bool) -> CapabilityInfo {
+        CapabilityInfo {
+            name: "flash".into(),
+            doc: "flash".into(),
+            args: vec![ArgInfo {
+                name: "image".into(),
+                kind: "string".into(),
+                required: true,
+                doc: String::new(),
+                default: None,
+                choices: None,
+            }],
+            exclusive: false,
+            destructive,
+            default_timeout: 60,
+        }
+    }
+
+    /// A controller's job engine with agent A connected (its frames land in `sent`).
+    async fn rig(destructive: bool) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            RegistryConfig {
+                timeout: Duration::from_secs(15),
+                controller: "test".into(),
+            },
+        ));
+        let dispatcher = Arc::new(Dispatcher::new(
+            7,
+            Duration::from_secs(3600),
+            Arc::new(Counters::default()),
+        ));
+        let (writer, _) = RecordWriter::start(store.clone());
+        let jobs = Jobs::new(
+            store.clone(),
+            registry.clone(),
+            dispatcher.clone(),
+            writer,
+            JobsConfig {
+                default_timeout: Duration::from_secs(60),
+                retention: Duration::from_secs(3600),
+                grace: Duration::from_secs(1),
+                reconnect_wait: Duration::from_secs(1),
+                config_dir: dir.path().join("config"),
+            },
+        );
+        let (tx, sent) = mpsc::channel(64);
+        let conn = Arc::new(Connection::new(
+            ConnectionId(1),
+            "127.0.0.1:1".parse().unwrap(),
+            A.parse().unwrap(),
+            tx,
+        ));
+        let now = OffsetDateTime::now_utc();
+        let record = AgentRecord {
+            online: true,
+            last_seen: now,
+            registered: now,
+            version: "0.1.0".into(),
+            boot_id: "b".into(),
+            address: None,
+            capabilities: vec![capability(destructive)],
+            image_id: None,
+            session: 1,
+            controller: "test".into(),
+        };
+        store
+            .put_inventory(A, serde_json::json!({"mercury_id": A}))
+            .await
+            .unwrap();
+        registry.start_session(&conn, record, 1);
+        Rig {
+            jobs,
+            dispatcher,
+            store,
+            conn,
+            sent,
+            _dir: dir,
+        }
+    }
+
+    async fn create(rig: &Rig) -> String {
+        let request: JobRequest = serde_json::from_value(serde_json::json!({
+            "query": {}, "capability": "flash", "args": {"image": "a.bin"}, "confirm": true
+        }))
+        .unwrap();
+        let requester = Requester {
+            name: "t".into(),
+            admin: true,
+            segment: None,
+        };
+        let created = rig.jobs.create(request, &requester).await.unwrap();
+        created.job.unwrap().id
+    }
+
+    /// The id of the next call the agent received.
+    async fn call_id(rig: &mut Rig) -> MessageId {
+        let frame = tokio::time::timeout(Duration::from_secs(10), rig.sent.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let body = if frame[0] & 0x02 != 0 {
+            &frame[9..]
+        } else {
+            &frame[2..]
+        };
+        let env = codec::decode(body, 1 << 20).unwrap();
+        assert!(matches!(env.body, Body::CapabilityCall(_)));
+        env.id
+    }
+
+    fn result(output: serde_json::Value) -> CallResult {
+        CallResult {
+            outcome: CallOutcome::Succeeded(output),
+            output: None,
+        }
+    }
+
+    async fn task(rig: &Rig, job: &str) -> TaskRecord {
+        let tasks = rig.jobs.job_tasks_from_store(job).await.unwrap();
+        tasks.into_iter().next().unwrap()
+    }
+
+    async fn until_final(rig: &Rig, job: &str) -> TaskRecord {
+        for _ in 0..200 {
+            if rig.jobs.live_counts(job).is_none() {
+                rig.jobs.writer.durable().await.unwrap();
+                return task(rig, job).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("job {job} did not finish");
+    }
+
+    #[tokio::test]
+    async fn a_forged_result_is_ignored_and_a_repeated_one_recorded_not_applied() {
+        let mut rig = rig(false).await;
+        let job = create(&rig).await;
+        let id = call_id(&mut rig).await;
+        // Another agent answering the call does not finish the task.
+        rig.dispatcher.on_result(
+            &B.parse().unwrap(),
+            ConnectionId(9),
+            Some(id),
+            result(serde_json::json!("forged")),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.jobs.live_counts(&job).is_some());
+        let a: MercuryId = A.parse().unwrap();
+        rig.dispatcher
+            .on_result(&a, rig.conn.id(), Some(id), result(serde_json::json!("ok")));
+        let done = until_final(&rig, &job).await;
+        assert_eq!(done.state, TaskState::Succeeded);
+        assert_eq!(done.output, Some(serde_json::json!("ok")));
+        // The same result again: recorded on the task, the outcome unchanged.
+        rig.dispatcher.on_result(
+            &a,
+            rig.conn.id(),
+            Some(id),
+            result(serde_json::json!("again")),
+        );
+        for _ in 0..100 {
+            rig.jobs.writer.durable().await.unwrap();
+            if !task(&rig, &job).await.late_results.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after = task(&rig, &job).await;
+        assert_eq!(after.state, TaskState::Succeeded);
+        assert_eq!(after.output, Some(serde_json::json!("ok")));
+        assert_eq!(after.late_results.len(), 1);
+        let job_record = rig
+            .store
+            .get_record(Collection::Jobs, &job)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job_record["state"], "succeeded");
+    }
+
+    #[tokio::test]
+    async fn a_destructive_call_is_durable_before_it_is_sent_and_a_duplicate_refusal_waits() {
+        let mut rig = rig(true).await;
+        let job = create(&rig).await;
+        let id = call_id(&mut rig).await;
+        // By the time the frame left, the store already said `dispatched` with this id.
+        let stored = task(&rig, &job).await;
+        assert_eq!(stored.state, TaskState::Dispatched);
+        assert_eq!(stored.call_id, id.0);
+        let a: MercuryId = A.parse().unwrap();
+        rig.dispatcher.on_refusal(
+            &a,
+            rig.conn.id(),
+            Some(id),
+            qs_proto::ErrorBody {
+                code: ErrorCode::DuplicateCall,
+                message: "already ran".into(),
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            rig.jobs.live_counts(&job).is_some(),
+            "a duplicate refusal is not an end"
+        );
+        // The agent registers again and reports it finished the call meanwhile.
+        rig.dispatcher.on_registered(
+            &a,
+            rig.conn.id(),
+            &[CallRecord {
+                id,
+                capability: "flash".into(),
+                started_at: "t0".into(),
+                finished: Some(qs_proto::CallFinished {
+                    result: result(serde_json::json!("flashed")),
+                    finished_at: "t1".into(),
+                }),
+            }],
+        );
+        let done = until_final(&rig, &job).await;
+        assert_eq!(done.state, TaskState::Succeeded);
+        assert_eq!(done.output, Some(serde_json::json!("flashed")));
+    }
+
+    #[tokio::test]
+    async fn an_agent_back_without_the_call_leaves_it_lost() {
+        let mut rig = rig(true).await;
+        let job = create(&rig).await;
+        let id = call_id(&mut rig).await;
+        let a: MercuryId = A.parse().unwrap();
+        let running = qs_proto::CallProgress {
+            message: "running".into(),
+            percent: None,
+            stage: Some(qs_proto::CallStage::Running),
+        };
+        rig.dispatcher
+            .on_progress(&a, rig.conn.id(), Some(id), running);
+        rig.dispatcher.on_disconnect(&rig.conn);
+        rig.dispatcher.on_registered(&a, ConnectionId(2), &[]);
+        let done = until_final(&rig, &job).await;
+        assert_eq!(done.state, TaskState::Lost);
+        let states: Vec<TaskState> = done.transitions.iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            vec![
+                TaskState::Queued,
+                TaskState::Dispatched,
+                TaskState::Received,
+                TaskState::Running,
+                TaskState::Lost
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn finished_jobs_expire_with_their_tasks_and_logs_after_the_retention() {
+        let rig = rig(false).await;
+        let record = |id: &str, finished: &str| {
+            serde_json::json!({
+                "id": id, "created_at": finished, "query": {}, "work": {"capability": "flash"},
+                "timeout_s": 1, "state": "succeeded", "tasks": 1, "finished_at": finished,
+            })
+        };
+        let task = |job: &str| {
+            serde_json::json!({
+                "id": format!("{job}.0"), "job": job, "host": A, "work": {"capability": "flash"},
+                "timeout_s": 1, "call_id": 1, "state": "succeeded", "transitions": [],
+            })
+        };
+        let mut writes = Vec::new();
+        for (job, finished) in [("old", "2020-01-01T00:00:00Z"), ("new", &now())] {
+            writes.push(crate::store::Write::Record {
+                collection: Collection::Jobs,
+                key: job.into(),
+                value: Some(record(job, finished)),
+            });
+            writes.push(crate::store::Write::Record {
+                collection: Collection::Tasks,
+                key: format!("{job}.0"),
+                value: Some(task(job)),
+            });
+            writes.push(crate::store::Write::Record {
+                collection: Collection::TaskLogs,
+                key: format!("{job}.0"),
+                value: Some(serde_json::json!({"finished": true})),
+            });
+        }
+        rig.store.write_batch(writes).await.unwrap();
+        assert_eq!(
+            rig.jobs.expire(Duration::from_secs(86_400)).await.unwrap(),
+            1
+        );
+        let get = |c, k: &str| {
+            let (store, k) = (rig.store.clone(), k.to_owned());
+            async move { store.get_record(c, &k).await.unwrap() }
+        };
+        assert!(get(Collection::Jobs, "old").await.is_none());
+        assert!(get(Collection::Tasks, "old.0").await.is_none());
+        assert!(get(Collection::TaskLogs, "old.0").await.is_none());
+        assert!(get(Collection::Jobs, "new").await.is_some());
+        assert!(get(Collection::Tasks, "new.0").await.is_some());
+    }
+}
