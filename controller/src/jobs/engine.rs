@@ -97,6 +97,8 @@ pub(super) struct ActiveTask {
     pub log_key: String,
     /// The connection the current call was sent over.
     pub connection: Option<ConnectionId>,
+    /// Every call id the task used (a plan task has one per step).
+    pub calls: Vec<u64>,
 }
 
 pub(super) struct ActiveJob {
@@ -108,6 +110,8 @@ pub(super) struct ActiveJob {
 pub(super) struct Active {
     pub tasks: HashMap<String, ActiveTask>,
     pub by_call: HashMap<u64, String>,
+    /// Unfinished tasks per host, so a registration or disconnection touches only its own.
+    pub by_host: HashMap<String, std::collections::HashSet<String>>,
     pub jobs: HashMap<String, ActiveJob>,
     finished_calls: HashMap<u64, String>,
     finished_order: VecDeque<u64>,
@@ -196,8 +200,14 @@ impl Jobs {
                 *counts.entry(task.state).or_default() += 1;
                 let (tx, rx) = mpsc::unbounded_channel();
                 active.by_call.insert(task.call_id, task.id.clone());
+                active
+                    .by_host
+                    .entry(task.host.clone())
+                    .or_default()
+                    .insert(task.id.clone());
                 runners.push((task.id.clone(), rx));
                 let log_key = task.id.clone();
+                let calls = vec![task.call_id];
                 active.tasks.insert(
                     task.id.clone(),
                     ActiveTask {
@@ -206,6 +216,7 @@ impl Jobs {
                         log: TaskLog::new(),
                         log_key,
                         connection: None,
+                        calls,
                     },
                 );
             }
@@ -320,7 +331,15 @@ impl Jobs {
         let Some(task) = active.tasks.remove(task_id) else {
             return;
         };
-        active.by_call.retain(|_, t| t != task_id);
+        for call in &task.calls {
+            active.by_call.remove(call);
+        }
+        if let Some(tasks) = active.by_host.get_mut(&task.record.host) {
+            tasks.remove(task_id);
+            if tasks.is_empty() {
+                active.by_host.remove(&task.record.host);
+            }
+        }
         active
             .finished_calls
             .insert(task.record.call_id, task_id.to_owned());
@@ -605,9 +624,11 @@ impl CallObserver for Jobs {
         let tasks: Vec<(String, u64, mpsc::UnboundedSender<Signal>)> = {
             let active = self.active();
             active
-                .tasks
-                .values()
-                .filter(|t| t.record.host == agent.as_str())
+                .by_host
+                .get(agent.as_str())
+                .into_iter()
+                .flatten()
+                .filter_map(|id| active.tasks.get(id))
                 .map(|t| (t.record.id.clone(), t.record.call_id, t.signal.clone()))
                 .collect()
         };
@@ -622,8 +643,9 @@ impl CallObserver for Jobs {
 
     fn on_disconnected(&self, agent: &MercuryId, connection: ConnectionId) {
         let active = self.active();
-        for t in active.tasks.values() {
-            if t.record.host == agent.as_str() && t.connection == Some(connection) {
+        let tasks = active.by_host.get(agent.as_str()).into_iter().flatten();
+        for t in tasks.filter_map(|id| active.tasks.get(id)) {
+            if t.connection == Some(connection) {
                 let _ = t.signal.send(Signal::Disconnected);
             }
         }

@@ -53,6 +53,7 @@ impl Jobs {
         let mut active = self.active();
         active.by_call.insert(call_id, task_id.to_owned());
         if let Some(t) = active.tasks.get_mut(task_id) {
+            t.calls.push(call_id);
             t.record.call_id = call_id;
             t.log = super::logs::TaskLog::new();
             t.log_key = log_key;
