@@ -29,6 +29,16 @@ async fn finished(controller: &Controller, id: &str) -> Value {
     .unwrap()
 }
 
+/// Waits until `n` tasks of a job run.
+async fn running(controller: &Controller, id: &str, n: u64) {
+    wait_until(&format!("{n} task(s) of {id} running"), WAIT, || async {
+        let (_, job) = controller.get(&format!("/api/v1/jobs/{id}")).await?;
+        Ok((job["counts"]["running"] == n).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
 fn task_of<'a>(job: &'a Value, host: &str) -> &'a Value {
     job["task_list"]
         .as_array()
@@ -237,12 +247,7 @@ async fn jobs_run_on_the_selected_hosts_and_record_every_task() {
                 "args": {"shell": "sleep 30"}, "confirm": true}),
     )
     .await;
-    wait_until("the sleep runs", WAIT, || async {
-        let (_, job) = c.get(&format!("/api/v1/jobs/{id}")).await?;
-        Ok((job["counts"]["running"] == 1).then_some(()))
-    })
-    .await
-    .unwrap();
+    running(c, &id, 1).await;
     let (ok, _, err) = c.cli(&["jobs", "cancel", &id]).await.unwrap();
     assert!(ok, "{err}");
     let job = finished(c, &id).await;
@@ -357,12 +362,7 @@ async fn an_agent_killed_mid_task_leaves_it_lost_never_succeeded() {
                 "args": {"shell": "sleep 30"}, "confirm": true}),
     )
     .await;
-    wait_until("the task runs", WAIT, || async {
-        let (_, job) = c.get(&format!("/api/v1/jobs/{id}")).await?;
-        Ok((job["counts"]["running"] == 1).then_some(()))
-    })
-    .await
-    .unwrap();
+    running(&c, &id, 1).await;
     agent.kill().await.unwrap();
     // The same server boots again: its new agent does not know the call.
     let again = Agent::start(&c.agents, &root).await.unwrap();
@@ -394,12 +394,7 @@ async fn a_controller_killed_mid_job_accounts_for_every_task_after_restart() {
                 "args": {"shell": format!("echo x >> {}; sleep 4; echo done", marker.display())}}),
     )
     .await;
-    wait_until("every task runs", WAIT, || async {
-        let (_, job) = controller.get(&format!("/api/v1/jobs/{id}")).await?;
-        Ok((job["counts"]["running"] == 3).then_some(()))
-    })
-    .await
-    .unwrap();
+    running(&controller, &id, 3).await;
     let (agents_addr, http_addr) = (controller.agents.clone(), controller.http_addr().to_owned());
     controller.kill().await.unwrap();
     let controller = Controller::start_on(data.path(), &agents_addr, &http_addr, FAST)

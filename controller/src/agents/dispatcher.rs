@@ -351,16 +351,7 @@ impl Dispatcher {
         re: Option<MessageId>,
         result: CallResult,
     ) {
-        match re.and_then(|re| self.take_if_from(re, from)) {
-            Some(p) => {
-                let _ = p.done.send(Ok(Reply::Outcome(result.outcome)));
-            }
-            None => {
-                if !self.offer(from, connection, re, CallMessage::Result(result)) {
-                    self.record_late(from, re, "result");
-                }
-            }
-        }
+        self.route(from, connection, re, CallMessage::Result(result));
     }
 
     /// Routes a refusal from `from` answering `re`.
@@ -371,13 +362,32 @@ impl Dispatcher {
         re: Option<MessageId>,
         error: ErrorBody,
     ) {
-        match re.and_then(|re| self.take_if_from(re, from)) {
-            Some(p) => {
+        self.route(from, connection, re, CallMessage::Refused(error));
+    }
+
+    /// A result or refusal completes the waiter of its request, else goes to the call owner,
+    /// else is recorded as late.
+    fn route(
+        &self,
+        from: &MercuryId,
+        connection: ConnectionId,
+        re: Option<MessageId>,
+        message: CallMessage,
+    ) {
+        let kind = match &message {
+            CallMessage::Refused(_) => "error",
+            _ => "result",
+        };
+        match (re.and_then(|re| self.take_if_from(re, from)), message) {
+            (Some(p), CallMessage::Result(result)) => {
+                let _ = p.done.send(Ok(Reply::Outcome(result.outcome)));
+            }
+            (Some(p), CallMessage::Refused(error)) => {
                 let _ = p.done.send(Ok(Reply::Refused(error)));
             }
-            None => {
-                if !self.offer(from, connection, re, CallMessage::Refused(error)) {
-                    self.record_late(from, re, "error");
+            (_, message) => {
+                if !self.offer(from, connection, re, message) {
+                    self.record_late(from, re, kind);
                 }
             }
         }

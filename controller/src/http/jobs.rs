@@ -209,23 +209,11 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job = visible_job(&state, &caller, &id).await?;
-    let mut tasks = state
+    let tasks = state
         .jobs
-        .job_tasks_from_store(&id)
+        .job_tasks(&id)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    // Memory is ahead of the store for unfinished tasks.
-    let live: BTreeMap<String, TaskRecord> = state
-        .jobs
-        .live_tasks(&id)
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect();
-    for t in &mut tasks {
-        if let Some(l) = live.get(&t.id) {
-            *t = l.clone();
-        }
-    }
     let summaries: Vec<Value> = tasks.iter().map(task_summary).collect();
     let mut slowest: Vec<&Value> = summaries
         .iter()
@@ -279,22 +267,11 @@ pub async fn events(
     // Subscribe before the snapshot so nothing falls between them.
     let receiver = state.jobs.subscribe();
     let job = visible_job(&state, &caller, &id).await?;
-    let mut tasks = state
+    let tasks = state
         .jobs
-        .job_tasks_from_store(&id)
+        .job_tasks(&id)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let live: BTreeMap<String, TaskRecord> = state
-        .jobs
-        .live_tasks(&id)
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect();
-    for t in &mut tasks {
-        if let Some(l) = live.get(&t.id) {
-            *t = l.clone();
-        }
-    }
     let mut snapshot: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     snapshot.push_back(
         Event::default()

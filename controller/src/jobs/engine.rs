@@ -507,6 +507,23 @@ impl Jobs {
         Ok(recovered)
     }
 
+    /// Every task of a job as it is now: the store's records, with memory's for unfinished
+    /// tasks (memory is ahead of the store by at most one batch).
+    pub async fn job_tasks(&self, job: &str) -> Result<Vec<TaskRecord>, crate::store::StoreError> {
+        let mut tasks = self.job_tasks_from_store(job).await?;
+        let live: HashMap<String, TaskRecord> = self
+            .live_tasks(job)
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        for t in &mut tasks {
+            if let Some(l) = live.get(&t.id) {
+                t.clone_from(l);
+            }
+        }
+        Ok(tasks)
+    }
+
     /// Every task of a job, from the store.
     pub async fn job_tasks_from_store(
         &self,

@@ -248,6 +248,11 @@ async fn run_step(
         );
         save_steps(jobs, task_id, steps);
     };
+    let fail = |steps: &mut [StepRecord], context: &mut HostContext, reason: String| {
+        let error = json!({"message": reason});
+        end(steps, context, "failed", reason.clone(), None, Some(error));
+        (TaskState::Failed, reason)
+    };
     if let Some(condition) = &step.when {
         match condition.evaluate(context.as_value()) {
             Ok(true) => {}
@@ -257,32 +262,14 @@ async fn run_step(
                 return (TaskState::Succeeded, String::new());
             }
             Err(e) => {
-                let reason = format!("when: {e}");
-                end(
-                    steps,
-                    context,
-                    "failed",
-                    reason.clone(),
-                    None,
-                    Some(json!({"message": reason})),
-                );
-                return (TaskState::Failed, reason);
+                return fail(steps, context, format!("when: {e}"));
             }
         }
     }
     let args = match qs_plans::render_args(&step.args, context.as_value()) {
         Ok(args) => args,
         Err(e) => {
-            let reason = e.to_string();
-            end(
-                steps,
-                context,
-                "failed",
-                reason.clone(),
-                None,
-                Some(json!({"message": reason})),
-            );
-            return (TaskState::Failed, reason);
+            return fail(steps, context, e.to_string());
         }
     };
     let info = record
@@ -298,16 +285,7 @@ async fn run_step(
                 (args, exclusive, info.destructive, info.default_timeout)
             }
             Err(e) => {
-                let reason = format!("step {}: {e}", step.name);
-                end(
-                    steps,
-                    context,
-                    "failed",
-                    reason.clone(),
-                    None,
-                    Some(json!({"message": reason})),
-                );
-                return (TaskState::Failed, reason);
+                return fail(steps, context, format!("step {}: {e}", step.name));
             }
         },
         // The host is not connected now: the call waits for it; the agent checks arguments.
