@@ -183,7 +183,9 @@ async fn jobs_run_on_the_selected_hosts_and_record_every_task() {
         .map(|t| t["state"].as_str().unwrap())
         .collect();
     assert_eq!(states.first(), Some(&"queued"));
-    assert!(states.contains(&"dispatched"), "{states:?}");
+    for state in ["dispatched", "received", "running"] {
+        assert!(states.contains(&state), "{states:?}");
+    }
     assert_eq!(states.last(), Some(&"failed"));
     let (ok, out, _) = c
         .cli(&["tasks", "logs", task["id"].as_str().unwrap()])
@@ -517,6 +519,10 @@ steps:
     assert_eq!(out, "rolled back after exit 4\n");
     let (ok, out, _) = c.cli(&["tasks", "show", &task_id]).await.unwrap();
     assert!(ok && out.contains("rollback (recovers flash)"), "{out}");
+    assert!(
+        out.contains("log flash (stderr, last lines):\n  | flashing"),
+        "{out}"
+    );
     // A plan that does not exist is refused at creation.
     let (status, answer) = c
         .post(

@@ -421,6 +421,36 @@ pub(super) async fn run_tasks(cmd: TasksCmd, api: ApiClient) -> anyhow::Result<(
             if let Some(e) = task.get("error").filter(|v| !v.is_null()) {
                 println!("error     {e}");
             }
+            // The end of each log: the task's, or each step's for a plan task.
+            let steps: Vec<String> = task["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| match s.get("recovers").and_then(Value::as_str) {
+                    Some(of) => format!("{of}.{}", table::cell(s.get("name"))),
+                    None => table::cell(s.get("name")),
+                })
+                .collect();
+            let logs: Vec<(String, String)> = if steps.is_empty() {
+                vec![("log".into(), format!("tasks/{id}/logs"))]
+            } else {
+                steps
+                    .iter()
+                    .map(|s| (format!("log {s}"), format!("tasks/{id}/logs?step={s}")))
+                    .collect()
+            };
+            for (title, path) in logs {
+                let log: Value = api.get(&path).await?;
+                for stream in ["stdout", "stderr"] {
+                    let tail = last_lines(&log[stream], 5);
+                    if !tail.is_empty() {
+                        println!("{title} ({stream}, last lines):");
+                        for line in tail {
+                            println!("  | {line}");
+                        }
+                    }
+                }
+            }
             Ok(())
         }
         TasksCmd::Logs { id, step, follow } => {
@@ -479,6 +509,18 @@ fn new_text(stream: &Value, printed: &mut u64) -> String {
     out.push_str(&tail[floor_char(tail, from)..]);
     *printed = total;
     out
+}
+
+/// The last `n` lines a stream kept.
+fn last_lines(stream: &Value, n: usize) -> Vec<String> {
+    let head = stream["head"].as_str().unwrap_or("");
+    let tail = stream["tail"].as_str().unwrap_or("");
+    let text = if tail.is_empty() { head } else { tail };
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
 }
 
 fn floor_char(text: &str, mut at: usize) -> usize {
