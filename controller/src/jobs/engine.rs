@@ -295,14 +295,7 @@ impl Jobs {
         if unfinished > 0 {
             return None;
         }
-        let count = |s: TaskState| job.counts.get(&s).copied().unwrap_or(0);
-        job.record.state = if job.record.cancel_requested {
-            JobState::Cancelled
-        } else if count(TaskState::Succeeded) == job.record.tasks {
-            JobState::Succeeded
-        } else {
-            JobState::Failed
-        };
+        job.record.state = final_state(&job.record, &job.counts);
         job.record.finished_at = Some(now());
         job.record.outcome = Some(counts_value(&job.counts));
         let finished = job.record.clone();
@@ -498,6 +491,7 @@ impl Jobs {
                 }
             }
         }
+        self.finish_settled_jobs().await?;
         if recovered > 0 {
             info!(
                 tasks = recovered,
@@ -505,6 +499,39 @@ impl Jobs {
             );
         }
         Ok(recovered)
+    }
+
+    /// Jobs stored as running whose tasks all finished (the process stopped between the last
+    /// task's record and the job's) get their final state.
+    async fn finish_settled_jobs(&self) -> Result<(), crate::store::StoreError> {
+        let query =
+            qs_query::Query::from_request(&serde_json::json!({"filter": {"state": "running"}}))
+                .map_err(|e| crate::store::StoreError::Refused {
+                    message: e.to_string(),
+                })?;
+        for value in self.store.find_records(Collection::Jobs, &query).await? {
+            let Ok(mut job) = serde_json::from_value::<JobRecord>(value) else {
+                continue;
+            };
+            if self.active().jobs.contains_key(&job.id) {
+                continue;
+            }
+            let tasks = self.job_tasks_from_store(&job.id).await?;
+            let mut counts: HashMap<TaskState, u64> = HashMap::new();
+            for t in &tasks {
+                *counts.entry(t.state).or_default() += 1;
+            }
+            if tasks.iter().any(|t| !t.state.is_final()) {
+                continue;
+            }
+            job.state = final_state(&job, &counts);
+            job.finished_at = Some(now());
+            job.outcome = Some(counts_value(&counts));
+            info!(job = %job.id, state = job.state.name(), "job finished while the controller was away");
+            self.writer
+                .put(Collection::Jobs, &job.id, serde_json::to_value(&job).ok());
+        }
+        Ok(())
     }
 
     /// Every task of a job as it is now: the store's records, with memory's for unfinished
@@ -542,6 +569,17 @@ impl Jobs {
             .into_iter()
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect())
+    }
+}
+
+/// A finished job's state: cancelled if an operator asked, succeeded if every task did.
+fn final_state(job: &JobRecord, counts: &HashMap<TaskState, u64>) -> JobState {
+    if job.cancel_requested {
+        JobState::Cancelled
+    } else if counts.get(&TaskState::Succeeded).copied().unwrap_or(0) == job.tasks {
+        JobState::Succeeded
+    } else {
+        JobState::Failed
     }
 }
 
@@ -995,5 +1033,43 @@ mod tests {
         assert!(get(Collection::TaskLogs, "old.0").await.is_none());
         assert!(get(Collection::Jobs, "new").await.is_some());
         assert!(get(Collection::Tasks, "new.0").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_tasks_all_finished_before_a_crash_is_finished_at_start() {
+        let rig = rig(false).await;
+        let job = serde_json::json!({
+            "id": "j", "created_at": now(), "query": {}, "work": {"capability": "flash"},
+            "timeout_s": 1, "state": "running", "tasks": 1,
+        });
+        let task = serde_json::json!({
+            "id": "j.0", "job": "j", "host": A, "work": {"capability": "flash"},
+            "timeout_s": 1, "call_id": 1, "state": "failed", "transitions": [],
+        });
+        rig.store
+            .write_batch(vec![
+                crate::store::Write::Record {
+                    collection: Collection::Jobs,
+                    key: "j".into(),
+                    value: Some(job),
+                },
+                crate::store::Write::Record {
+                    collection: Collection::Tasks,
+                    key: "j.0".into(),
+                    value: Some(task),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(rig.jobs.recover().await.unwrap(), 0);
+        rig.jobs.writer.durable().await.unwrap();
+        let job = rig
+            .store
+            .get_record(Collection::Jobs, "j")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job["state"], "failed");
+        assert_eq!(job["outcome"]["failed"], 1);
     }
 }
