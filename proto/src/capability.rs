@@ -30,7 +30,8 @@ pub struct CapabilityInfo {
 pub struct ArgInfo {
     /// Argument name, a key of the call's `args` map.
     pub name: String,
-    /// Expected JSON type: `string`, `integer`, `number`, `boolean`, `array`, `object`.
+    /// Expected JSON type: `string`, `integer`, `number`, `boolean`, `array`, `object`, or
+    /// `secret` (a string the controller passes on but never stores, logs or shows).
     pub kind: String,
     /// Whether the call fails without it.
     #[serde(default)]
@@ -46,7 +47,36 @@ pub struct ArgInfo {
     pub choices: Option<Vec<String>>,
 }
 
+/// What stands in for a secret argument's value wherever it is stored or shown.
+pub const REDACTED: &str = "********";
+
 impl CapabilityInfo {
+    /// `args` with the value of every `secret` argument replaced by [`REDACTED`]; None when
+    /// no argument given is secret.
+    pub fn redact(&self, args: &Value) -> Option<Value> {
+        let map = args.as_object()?;
+        let secret = |name: &str| {
+            self.args
+                .iter()
+                .any(|a| a.name == name && a.kind == "secret")
+        };
+        if !map.keys().any(|k| secret(k)) {
+            return None;
+        }
+        let redacted = map
+            .iter()
+            .map(|(k, v)| {
+                let v = if secret(k) {
+                    Value::from(REDACTED)
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        Some(Value::Object(redacted))
+    }
+
     /// Whether a call with `args` takes the agent's exclusive lock: the capability always does,
     /// or it declares a boolean `exclusive` argument and the call sets it.
     pub fn takes_exclusive_lock(&self, args: &Value) -> bool {
@@ -82,7 +112,7 @@ impl ArgError {
 /// newer agent) accepts anything, leaving the check to the capability.
 fn has_kind(kind: &str, value: &Value) -> bool {
     match kind {
-        "string" => value.is_string(),
+        "string" | "secret" => value.is_string(),
         "integer" => value.is_i64() || value.is_u64(),
         "number" => value.is_number(),
         "boolean" => value.is_boolean(),
@@ -333,5 +363,22 @@ mod tests {
         assert!(!old.destructive);
         assert_eq!(old.default_timeout, 0);
         assert_eq!(old.args[0].choices, None);
+    }
+
+    #[test]
+    fn secret_arguments_are_strings_and_redacted() {
+        let mut info = info();
+        info.args.push(ArgInfo {
+            kind: "secret".into(),
+            ..arg("password", "secret")
+        });
+        let args = json!({"image": "a", "password": "hunter2"});
+        assert!(check_args(&info, &args).is_ok());
+        assert!(check_args(&info, &json!({"image": "a", "password": 3})).is_err());
+        assert_eq!(
+            info.redact(&args),
+            Some(json!({"image": "a", "password": REDACTED}))
+        );
+        assert_eq!(info.redact(&json!({"image": "a"})), None);
     }
 }

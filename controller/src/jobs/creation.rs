@@ -114,8 +114,17 @@ pub struct Created {
 struct Planned {
     host: String,
     args: Value,
+    /// `args` with secret values replaced, when some are secret (stored and shown instead).
+    redacted: Option<Value>,
     exclusive: bool,
     timeout_s: u64,
+}
+
+impl Planned {
+    /// The arguments as they may be stored and shown.
+    fn shown_args(&self) -> &Value {
+        self.redacted.as_ref().unwrap_or(&self.args)
+    }
 }
 
 fn parse_timeout(value: &Option<Value>) -> Result<Option<Duration>, JobError> {
@@ -206,6 +215,7 @@ impl Jobs {
         }
         let mut skipped = Vec::new();
         let mut planned = Vec::new();
+        let mut job_args_redacted: Option<Value> = None;
         let mut destructive = false;
         for doc in docs {
             let Some(host) = doc
@@ -285,8 +295,12 @@ impl Jobs {
                         .map(|t| t.as_secs().max(1))
                         .or((info.default_timeout > 0).then_some(info.default_timeout))
                         .unwrap_or(self.config.default_timeout.as_secs());
+                    if job_args_redacted.is_none() {
+                        job_args_redacted = info.redact(&args);
+                    }
                     planned.push(Planned {
                         host: host.clone(),
+                        redacted: info.redact(&checked),
                         args: checked,
                         exclusive,
                         timeout_s,
@@ -316,6 +330,7 @@ impl Jobs {
                     planned.push(Planned {
                         host: host.clone(),
                         args: args.clone(),
+                        redacted: None,
                         exclusive: false,
                         timeout_s: longest,
                     });
@@ -351,7 +366,7 @@ impl Jobs {
                 job: None,
                 hosts: planned
                     .iter()
-                    .map(|p| json!({"host": p.host, "args": p.args, "timeout_s": p.timeout_s}))
+                    .map(|p| json!({"host": p.host, "args": p.shown_args(), "timeout_s": p.timeout_s}))
                     .collect(),
                 skipped,
                 dry_run: true,
@@ -364,7 +379,7 @@ impl Jobs {
             created_by: requester.name.clone(),
             query: request.query,
             work: work.clone(),
-            args,
+            args: job_args_redacted.unwrap_or(args),
             timeout_s: timeout.map_or(0, |t| t.as_secs()),
             destructive,
             state: JobState::Running,
@@ -374,6 +389,8 @@ impl Jobs {
             finished_at: None,
             outcome: None,
         };
+        // Secret argument values stay in memory only; the records hold them redacted.
+        let mut secrets = std::collections::HashMap::new();
         let tasks: Vec<TaskRecord> = planned
             .into_iter()
             .enumerate()
@@ -382,7 +399,14 @@ impl Jobs {
                 job: job.id.clone(),
                 host: p.host,
                 work: work.clone(),
-                args: p.args,
+                secret_args: p.redacted.is_some(),
+                args: match p.redacted {
+                    Some(redacted) => {
+                        secrets.insert(format!("{}.{i}", job.id), p.args);
+                        redacted
+                    }
+                    None => p.args,
+                },
                 timeout_s: p.timeout_s,
                 destructive,
                 exclusive: p.exclusive,
@@ -413,7 +437,7 @@ impl Jobs {
             .await
             .map_err(|e| JobError::Store(StoreError::Task(e.to_string())))?;
         tracing::info!(job = %job.id, work = %work.describe(), tasks = tasks.len(), skipped = skipped.len(), by = %requester.name, "job created");
-        self.start(job.clone(), tasks);
+        self.start(job.clone(), tasks, secrets);
         Ok(Created {
             job: Some(job),
             hosts: Vec::new(),

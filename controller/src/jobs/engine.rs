@@ -99,6 +99,8 @@ pub(super) struct ActiveTask {
     pub connection: Option<ConnectionId>,
     /// Every call id the task used (a plan task has one per step).
     pub calls: Vec<u64>,
+    /// The arguments with their secret values, when the record holds them redacted.
+    pub secret_args: Option<Value>,
 }
 
 pub(super) struct ActiveJob {
@@ -191,7 +193,12 @@ impl Jobs {
 
     /// Adds a job and its tasks to memory and starts their runners. The records must already
     /// be durable.
-    pub(super) fn start(self: &Arc<Self>, job: JobRecord, tasks: Vec<TaskRecord>) {
+    pub(super) fn start(
+        self: &Arc<Self>,
+        job: JobRecord,
+        tasks: Vec<TaskRecord>,
+        mut secrets: HashMap<String, Value>,
+    ) {
         let mut runners = Vec::with_capacity(tasks.len());
         {
             let mut active = self.active();
@@ -208,6 +215,7 @@ impl Jobs {
                 runners.push((task.id.clone(), rx));
                 let log_key = task.id.clone();
                 let calls = vec![task.call_id];
+                let secret_args = secrets.remove(&task.id);
                 active.tasks.insert(
                     task.id.clone(),
                     ActiveTask {
@@ -217,6 +225,7 @@ impl Jobs {
                         log_key,
                         connection: None,
                         calls,
+                        secret_args,
                     },
                 );
             }
@@ -483,7 +492,7 @@ impl Jobs {
                     *counts.entry(t.state).or_default() += 1;
                 }
             }
-            self.start(job, tasks);
+            self.start(job, tasks, HashMap::new());
             let mut active = self.active();
             if let Some(j) = active.jobs.get_mut(&job_id) {
                 for (state, n) in counts {
@@ -734,14 +743,24 @@ mod tests {
         CapabilityInfo {
             name: "flash".into(),
             doc: "flash".into(),
-            args: vec![ArgInfo {
-                name: "image".into(),
-                kind: "string".into(),
-                required: true,
-                doc: String::new(),
-                default: None,
-                choices: None,
-            }],
+            args: vec![
+                ArgInfo {
+                    name: "image".into(),
+                    kind: "string".into(),
+                    required: true,
+                    doc: String::new(),
+                    default: None,
+                    choices: None,
+                },
+                ArgInfo {
+                    name: "password".into(),
+                    kind: "secret".into(),
+                    required: false,
+                    doc: String::new(),
+                    default: None,
+                    choices: None,
+                },
+            ],
             exclusive: false,
             destructive,
             default_timeout: 60,
@@ -1071,5 +1090,39 @@ mod tests {
             .unwrap();
         assert_eq!(job["state"], "failed");
         assert_eq!(job["outcome"]["failed"], 1);
+    }
+
+    #[tokio::test]
+    async fn secret_arguments_reach_the_agent_but_never_a_record() {
+        let mut rig = rig(false).await;
+        let request: JobRequest = serde_json::from_value(serde_json::json!({
+            "query": {}, "capability": "flash",
+            "args": {"image": "a.bin", "password": "hunter2-secret"}
+        }))
+        .unwrap();
+        let requester = Requester::default();
+        let job = rig
+            .jobs
+            .create(request, &requester)
+            .await
+            .unwrap()
+            .job
+            .unwrap();
+        assert_eq!(job.args["password"], qs_proto::capability::REDACTED);
+        let frame = tokio::time::timeout(Duration::from_secs(10), rig.sent.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(frame.windows(14).any(|w| w == b"hunter2-secret"));
+        rig.jobs.writer.durable().await.unwrap();
+        for collection in [Collection::Jobs, Collection::Tasks] {
+            let query = qs_query::Query::from_request(&serde_json::json!({})).unwrap();
+            let records = rig.store.find_records(collection, &query).await.unwrap();
+            assert!(!records.is_empty());
+            assert!(!serde_json::to_string(&records).unwrap().contains("hunter2"));
+        }
+        let (live, _) = rig.jobs.live_task(&format!("{}.0", job.id)).unwrap();
+        assert_eq!(live.args["password"], qs_proto::capability::REDACTED);
+        assert!(live.secret_args);
     }
 }

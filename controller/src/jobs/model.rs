@@ -236,9 +236,14 @@ pub struct TaskRecord {
     pub host: String,
     /// What it does.
     pub work: Work,
-    /// The arguments rendered for this host (for a plan: the job's arguments).
+    /// The arguments rendered for this host (for a plan: the job's arguments), secret values
+    /// redacted.
     #[serde(default)]
     pub args: Value,
+    /// Whether `args` had secret values (kept in memory only, never stored): such a task
+    /// cannot be sent after a controller restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret_args: bool,
     /// Its deadline after dispatch, seconds.
     pub timeout_s: u64,
     /// Whether it changes the host destructively (never dispatched twice).
@@ -312,6 +317,7 @@ mod tests {
             host: "h".into(),
             work: Work::Capability("run".into()),
             args: Value::Null,
+            secret_args: false,
             timeout_s: 10,
             destructive: false,
             exclusive: false,

@@ -46,13 +46,31 @@ pub(super) struct CallSpec {
 
 /// Runs a task to its end and retires it.
 pub(super) async fn run(jobs: Arc<Jobs>, task_id: String, mut rx: mpsc::UnboundedReceiver<Signal>) {
-    let record = jobs.active().tasks.get(&task_id).map(|t| t.record.clone());
-    if let Some(record) = record {
+    let task = jobs
+        .active()
+        .tasks
+        .get(&task_id)
+        .map(|t| (t.record.clone(), t.secret_args.clone()));
+    if let Some((record, secret_args)) = task {
         match record.work.clone() {
+            Work::Capability(_)
+                if record.secret_args
+                    && secret_args.is_none()
+                    && record.state == TaskState::Queued =>
+            {
+                let at = now();
+                jobs.update(&task_id, |t| {
+                    t.record.enter(
+                        TaskState::Failed,
+                        "its secret arguments are never stored, so it cannot be sent after a controller restart: create the job again",
+                        &at,
+                    );
+                });
+            }
             Work::Capability(capability) => {
                 let spec = CallSpec {
                     capability,
-                    args: record.args.clone(),
+                    args: secret_args.unwrap_or_else(|| record.args.clone()),
                     call_id: record.call_id,
                     timeout: Duration::from_secs(record.timeout_s),
                     exclusive: record.exclusive,
