@@ -24,6 +24,7 @@
 //! ```
 
 pub mod assets;
+pub mod lazy_json;
 pub mod plan;
 pub mod sets;
 pub mod template;
@@ -32,4 +33,4 @@ pub mod yaml;
 pub use assets::{parse_assets, AssetError};
 pub use plan::{parse_plan, validate_file, Plan, PlanError, Step};
 pub use sets::{load_plan, PlanLookupError, PlanSetError, PlanSets};
-pub use template::{render_args, Condition, HostContext, TemplateError};
+pub use template::{render_args, Condition, HostContext, RenderContext, TemplateError};

@@ -17,9 +17,10 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
-use minijinja::value::Serde;
 use minijinja::{Environment, ErrorKind, Expression, UndefinedBehavior};
 use serde_json::{json, Map, Value};
+
+use crate::lazy_json::LazyJson;
 
 /// The names a template or condition may start from; anything else is a typo.
 pub const CONTEXT_ROOTS: [&str; 4] = ["inventory", "assets", "host", "steps"];
@@ -81,27 +82,31 @@ impl TemplateError {
 }
 
 /// The context one host's templates and conditions see, built up step by step by the engine.
+/// Pass it as `&HostContext` to [`render_args`] and [`Condition::evaluate`]: templates then
+/// read the inventory in place instead of a copy per call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostContext {
-    value: Value,
+    value: Arc<Value>,
 }
 
 impl HostContext {
     /// A host's context before any step ran; `assets: None` becomes `{}`.
     pub fn new(host: &str, inventory: Value, assets: Option<Value>) -> HostContext {
         HostContext {
-            value: json!({
+            value: Arc::new(json!({
                 "inventory": inventory,
                 "assets": assets.unwrap_or_else(|| json!({})),
                 "host": host,
                 "steps": {},
-            }),
+            })),
         }
     }
 
     /// Records a step's result under `steps.<name>`; later steps' conditions and templates read it.
     pub fn record_step(&mut self, name: &str, state: &str, output: Value, error: Value) {
-        if let Some(steps) = self.value.get_mut("steps").and_then(Value::as_object_mut) {
+        // No copy: renders hold the document only while they run.
+        let value = Arc::make_mut(&mut self.value);
+        if let Some(steps) = value.get_mut("steps").and_then(Value::as_object_mut) {
             steps.insert(
                 name.to_owned(),
                 json!({"state": state, "output": output, "error": error}),
@@ -115,11 +120,66 @@ impl HostContext {
     }
 }
 
+/// What templates read: a host's context ([`HostContext`], shared) or any JSON context
+/// (`&Value`, copied once per call).
+#[derive(Debug, Clone, Copy)]
+pub enum RenderContext<'a> {
+    /// A JSON document with the context's shape.
+    Json(&'a Value),
+    /// A host's context.
+    Host(&'a HostContext),
+}
+
+impl<'a> From<&'a Value> for RenderContext<'a> {
+    fn from(value: &'a Value) -> Self {
+        RenderContext::Json(value)
+    }
+}
+
+impl<'a> From<&'a HostContext> for RenderContext<'a> {
+    fn from(host: &'a HostContext) -> Self {
+        RenderContext::Host(host)
+    }
+}
+
+impl RenderContext<'_> {
+    fn json(&self) -> &Value {
+        match self {
+            RenderContext::Json(value) => value,
+            RenderContext::Host(host) => &host.value,
+        }
+    }
+
+    fn template_value(&self) -> minijinja::Value {
+        match self {
+            RenderContext::Json(value) => LazyJson::root(Arc::new((*value).clone())),
+            RenderContext::Host(host) => LazyJson::root(host.value.clone()),
+        }
+    }
+}
+
 /// Renders every template string in `args` (recursively) against `context` (see the module
 /// docs for the typing rule). Fails on the first template that cannot be rendered.
-pub fn render_args(args: &Value, context: &Value) -> Result<Value, TemplateError> {
-    let ctx = minijinja::Value::from(Serde(context));
-    render_value(args, "args", &ctx, context)
+pub fn render_args<'a>(
+    args: &Value,
+    context: impl Into<RenderContext<'a>>,
+) -> Result<Value, TemplateError> {
+    let context = context.into();
+    if !has_template(args) {
+        return Ok(args.clone());
+    }
+    let ctx = context.template_value();
+    render_value(args, "args", &ctx, context.json())
+}
+
+/// Whether any string in `value` (recursively) holds template syntax.
+pub fn has_template(value: &Value) -> bool {
+    match value {
+        Value::String(text) => is_template(text),
+        Value::Array(items) => items.iter().any(has_template),
+        Value::Object(map) => map.values().any(has_template),
+        _ => false,
+    }
 }
 
 fn render_value(
@@ -314,15 +374,27 @@ impl Condition {
 
     /// Whether the step runs for the host whose context this is; a value the condition needs
     /// but the context lacks is an error naming it, never a silent `false`.
-    pub fn evaluate(&self, context: &Value) -> Result<bool, TemplateError> {
-        let ctx = minijinja::Value::from(Serde(context));
-        let undeclared = self.compiled.undeclared_variables(true);
-        let result = self
-            .compiled
-            .eval(ctx)
-            .map_err(|e| failure("when", &e, &undeclared, context))?;
+    pub fn evaluate<'a>(
+        &self,
+        context: impl Into<RenderContext<'a>>,
+    ) -> Result<bool, TemplateError> {
+        let context = context.into();
+        let result = self.compiled.eval(context.template_value()).map_err(|e| {
+            failure(
+                "when",
+                &e,
+                &self.compiled.undeclared_variables(true),
+                context.json(),
+            )
+        })?;
         if result.is_undefined() {
-            return Err(missing("when", &undeclared, context, self.source.trim()));
+            let undeclared = self.compiled.undeclared_variables(true);
+            return Err(missing(
+                "when",
+                &undeclared,
+                context.json(),
+                self.source.trim(),
+            ));
         }
         Ok(result.is_true())
     }
