@@ -212,15 +212,16 @@ impl AgentProtocol {
             {
                 Counters::bump(&self.counters.identity_conflicts);
                 warn!(mercury_id = %conn.identity(), peer = %conn.peer(), online_peer = %online.peer(), "identity conflict: MercuryId online under another key; registration refused");
-                conn.close();
-                if let Some(enrollment) = &self.enrollment {
-                    if let Err(error) = enrollment
-                        .conflict(conn.identity().as_str(), conn.peer())
-                        .await
-                    {
-                        warn!(error = %error, "identity conflict not recorded");
-                    }
+                // Recorded on its own task: closing the connection ends this handler's.
+                if let Some(enrollment) = self.enrollment.clone() {
+                    let (id, peer) = (conn.identity().to_string(), conn.peer());
+                    tokio::spawn(async move {
+                        if let Err(error) = enrollment.conflict(&id, peer).await {
+                            warn!(error = %error, "identity conflict not recorded");
+                        }
+                    });
                 }
+                conn.close();
                 return true;
             }
         }
