@@ -114,20 +114,21 @@ impl HostContext {
         }
     }
 
-    /// The context as JSON, for [`render_args`] and [`Condition::evaluate`].
-    pub fn as_value(&self) -> &Value {
+    /// The context as JSON; passed to [`render_args`] or [`Condition::evaluate`] it is shared,
+    /// not copied.
+    pub fn as_value(&self) -> &Arc<Value> {
         &self.value
     }
 }
 
-/// What templates read: a host's context ([`HostContext`], shared) or any JSON context
-/// (`&Value`, copied once per call).
+/// What templates read: a shared context (`&HostContext`, [`HostContext::as_value`], any
+/// `&Arc<Value>`) or a borrowed JSON context (`&Value`, copied once per call).
 #[derive(Debug, Clone, Copy)]
 pub enum RenderContext<'a> {
-    /// A JSON document with the context's shape.
+    /// A JSON document with the context's shape, copied for the call.
     Json(&'a Value),
-    /// A host's context.
-    Host(&'a HostContext),
+    /// A shared JSON document with the context's shape, read in place.
+    Shared(&'a Arc<Value>),
 }
 
 impl<'a> From<&'a Value> for RenderContext<'a> {
@@ -136,9 +137,15 @@ impl<'a> From<&'a Value> for RenderContext<'a> {
     }
 }
 
+impl<'a> From<&'a Arc<Value>> for RenderContext<'a> {
+    fn from(value: &'a Arc<Value>) -> Self {
+        RenderContext::Shared(value)
+    }
+}
+
 impl<'a> From<&'a HostContext> for RenderContext<'a> {
     fn from(host: &'a HostContext) -> Self {
-        RenderContext::Host(host)
+        RenderContext::Shared(&host.value)
     }
 }
 
@@ -146,14 +153,14 @@ impl RenderContext<'_> {
     fn json(&self) -> &Value {
         match self {
             RenderContext::Json(value) => value,
-            RenderContext::Host(host) => &host.value,
+            RenderContext::Shared(value) => value,
         }
     }
 
     fn template_value(&self) -> minijinja::Value {
         match self {
             RenderContext::Json(value) => LazyJson::root(Arc::new((*value).clone())),
-            RenderContext::Host(host) => LazyJson::root(host.value.clone()),
+            RenderContext::Shared(value) => LazyJson::root(Arc::clone(value)),
         }
     }
 }
