@@ -7,8 +7,8 @@
 //! remembered much longer than it is reported (the last 65,536): one this process ran or is
 //! running is refused as `duplicate_call`, never run twice.
 //!
-//! [`run_call`] serves one admitted call off the session loop: `received`, the exclusive lock
-//! when the capability needs it, `running`, the capability on a blocking thread with its
+//! [`run_call`] serves one admitted call off the session loop: `received` and the exclusive
+//! lock when the call needs it, `running`, the capability on a blocking thread with its
 //! progress and output forwarded (output coalesced into chunks of at most 64 KiB, about ten a
 //! second per stream), then the result. Messages go to whichever session is registered at the
 //! time; while none is, progress and output are dropped (the result waits in the table).
@@ -501,10 +501,12 @@ pub fn cancel(agent: &Agent, re: Option<MessageId>) -> Option<Body> {
 /// Serves admitted call `ticket` of `call` (arguments checked, defaults filled in) to its end.
 pub async fn run_call(agent: Arc<Agent>, call: CapabilityCall, exclusive: bool, ticket: Ticket) {
     let id = ticket.id;
-    agent
-        .send_for_call(id, progress(Some(CallStage::Received), "received", None))
-        .await;
+    // `running` implies `received`: only a call that may wait for the lock says both (a
+    // message fewer per call for a fleet-wide job of a non-exclusive capability).
     let _lock = if exclusive {
+        agent
+            .send_for_call(id, progress(Some(CallStage::Received), "received", None))
+            .await;
         tokio::select! {
             guard = agent.exclusive.lock() => Some(guard),
             () = ticket.cancelled() => {
