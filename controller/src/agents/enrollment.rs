@@ -276,6 +276,10 @@ impl Enrollment {
         match self.policy {
             Policy::Open => Ok(Admission::Admit { via: "open" }),
             Policy::Allowlist | Policy::Approve if allowed => {
+                // Listed after it had asked: it is no longer waiting.
+                if record.contains_key("pending") {
+                    self.clear_pending(id).await?;
+                }
                 Ok(Admission::Admit { via: "allowlist" })
             }
             Policy::Allowlist => Ok(Admission::Refuse("not on the allowlist")),
@@ -286,6 +290,21 @@ impl Enrollment {
                 Ok(Admission::Pending)
             }
         }
+    }
+
+    async fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        let mut record = self.record(id).await?;
+        if record.remove("pending").is_none() {
+            return Ok(());
+        }
+        self.store
+            .write_batch(vec![Write::Record {
+                collection: Collection::Enrollment,
+                key: id.to_owned(),
+                value: Some(Value::Object(record)),
+            }])
+            .await
     }
 
     async fn note_pending(&self, id: &str, key: &str, peer: SocketAddr) -> Result<(), StoreError> {
@@ -692,12 +711,18 @@ mod tests {
         // Another key for the same MercuryId (a reboot, or someone else) waits again.
         e.throttle.lock().unwrap().clear();
         assert_eq!(admit(&e, ID, "k2", None).await, Admission::Pending);
-        // Listed in advance: admitted whatever the key.
+        // Listed in advance: admitted whatever the key; listed after asking: no longer pending.
         e.allow(&[OTHER.into()], true, "t").await.unwrap();
         assert_eq!(
             admit(&e, OTHER, "k9", None).await,
             Admission::Admit { via: "allowlist" }
         );
+        e.allow(&[ID.into()], true, "t").await.unwrap();
+        assert_eq!(
+            admit(&e, ID, "k2", None).await,
+            Admission::Admit { via: "allowlist" }
+        );
+        assert!(e.pending().await.unwrap().is_empty());
     }
 
     #[tokio::test]
