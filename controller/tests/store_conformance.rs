@@ -368,3 +368,76 @@ async fn mongodb_record_collections_answer_queries() {
     records_answer_queries(&store).await;
     drop_databases(&[url]).await;
 }
+
+/// On a replica set (one node of secantusdb), a batch is one transaction: a failed
+/// compare-and-swap leaves nothing of its batch behind, inventory, history and records alike;
+/// two controllers writing the same documents at once both land, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_batches_are_transactions_on_a_replica_set() {
+    use qs_controller::store::Collection;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let server = qs_tests::mongodb::MongoServer::start(dir.path(), 0, true)
+        .await
+        .unwrap();
+    let url = server.url("qs_transactions");
+    let store = Store::open_mongodb(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    let inv = |id: &str, n: i64| Write::Inventory {
+        id: id.into(),
+        doc: json!({"n": n}).as_object().unwrap().clone(),
+    };
+    store.write_batch(vec![inv("b", 1)]).await.unwrap();
+    let err = store
+        .write_batch(vec![
+            inv("a", 1),
+            Write::Record {
+                collection: Collection::Jobs,
+                key: "j1".into(),
+                value: Some(json!({"state": "queued"})),
+            },
+            Write::InventoryIfVersion {
+                id: "b".into(),
+                doc: json!({"n": 2}).as_object().unwrap().clone(),
+                version: 0,
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { found: 1, .. }),
+        "{err}"
+    );
+    assert!(store.get_inventory("a").await.unwrap().is_none());
+    assert!(store.history("a").await.unwrap().is_empty());
+    assert!(store
+        .get_record(Collection::Jobs, "j1")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.get_inventory("b").await.unwrap().unwrap()["n"], 1);
+
+    // Two controllers on one database, each writing both documents in every batch.
+    let other = Store::open_mongodb(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, s) in [store.clone(), other].into_iter().enumerate() {
+        tasks.spawn(async move {
+            for i in 0..10 {
+                let n = (k * 100 + i) as i64;
+                s.write_batch(vec![inv("a", n), inv("b", n)]).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let a = store.get_inventory("a").await.unwrap().unwrap();
+    let b = store.get_inventory("b").await.unwrap().unwrap();
+    // Batches are serialised: both documents hold the same batch's values.
+    assert_eq!(a["n"], b["n"]);
+    assert_eq!(store.inventory_version("a").await.unwrap(), 20);
+    assert_eq!(store.inventory_version("b").await.unwrap(), 21);
+}

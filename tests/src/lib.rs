@@ -15,6 +15,7 @@
 
 pub mod bench_report;
 pub mod fleet;
+pub mod mongodb;
 pub mod process_usage;
 pub mod secure_peer;
 

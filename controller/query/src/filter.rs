@@ -5,6 +5,7 @@
 //! form over the whole path, as in MongoDB, which is why `{"a": {"$ne": 1}}` rejects `[1, 2]`.
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 
 use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
@@ -111,6 +112,24 @@ impl Filter {
     /// How many of `docs` match.
     pub fn count<'a>(&self, docs: impl Iterator<Item = &'a Value>) -> u64 {
         docs.filter(|d| self.matches(d)).count() as u64
+    }
+
+    /// The top-level fields the filter reads: a document cut down to these fields (each kept
+    /// whole) matches exactly when the whole document does, so a store can decode only them.
+    pub fn top_level_fields(&self) -> BTreeSet<String> {
+        fn visit(e: &Expr, out: &mut BTreeSet<String>) {
+            match e {
+                Expr::And(parts) | Expr::Or(parts) | Expr::Nor(parts) => {
+                    parts.iter().for_each(|p| visit(p, out))
+                }
+                Expr::Field(path, _) => {
+                    out.insert(path.0.first().cloned().unwrap_or_default());
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        visit(&self.expr, &mut out);
+        out
     }
 }
 
@@ -606,6 +625,17 @@ fn as_document(items: &[Value]) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn top_level_fields_are_all_a_filter_reads() {
+        let f = Filter::parse(&json!({"a.b": 1, "$or": [{"c": {"$elemMatch": {"d.e": 1}}}, {"$nor": [{"f.0": 2}]}], "$comment": "x"})).unwrap();
+        let fields: Vec<String> = f.top_level_fields().into_iter().collect();
+        assert_eq!(fields, vec!["a", "c", "f"]);
+        assert!(Filter::parse(&json!({}))
+            .unwrap()
+            .top_level_fields()
+            .is_empty());
+    }
     use proptest::prelude::*;
     use serde_json::json;
 

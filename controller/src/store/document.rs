@@ -29,12 +29,23 @@ pub fn stamp(doc: &mut Map<String, Value>) {
 /// `schema` existed (schema 0) have the same fields as schema 1, so they are left as they are:
 /// queries see exactly what was stored.
 pub fn upgrade(doc: Value) -> Value {
-    match doc.get("schema").and_then(Value::as_u64).unwrap_or(0) {
-        0 | SCHEMA => doc,
-        // A newer controller wrote it: keep it as it is rather than guess.
-        _ => doc,
+    let schema = doc.get("schema").and_then(Value::as_u64).unwrap_or(0);
+    if !needs_upgrade(schema) {
+        return doc;
     }
+    // No stored shape needs converting yet: conversions from schema 1 onwards go here.
+    doc
 }
+
+/// Whether [`upgrade`] converts documents stored with this schema number, so a scan that
+/// decodes only some fields decodes such documents whole. Schema 0 has schema 1's fields, and
+/// a newer controller's documents are kept as they are rather than guessed at.
+pub fn needs_upgrade(schema: u64) -> bool {
+    CONVERTED.contains(&schema)
+}
+
+/// The stored schemas [`upgrade`] converts (none yet).
+const CONVERTED: &[u64] = &[];
 
 /// Whether two inventories differ in more than the controller's stamps.
 pub fn changed(old: &Map<String, Value>, new: &Map<String, Value>) -> bool {

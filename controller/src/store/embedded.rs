@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::history::HistoryEntry;
 use super::index::{self, Part};
 use super::{document, Collection, Health, StoreError, StoreOptions, Write};
-use qs_query::{Count, Distinct, Pipeline, Projection, Query};
+use qs_query::{Count, Distinct, Pipeline, Query};
 
 const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory");
 const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent");
@@ -756,17 +756,27 @@ impl EmbeddedStore {
         query: &Query,
         each: impl FnOnce(&mut dyn FnMut(Value) -> ControlFlow<()>) -> Result<(), StoreError>,
     ) -> Result<Vec<Value>, StoreError> {
+        self.collect_top_by(query, |d: &Value| d, each)
+    }
+
+    /// [`Self::collect_top`] over items that carry a document (`doc` finds it).
+    fn collect_top_by<T>(
+        &self,
+        query: &Query,
+        doc: impl Fn(&T) -> &Value,
+        each: impl FnOnce(&mut dyn FnMut(T) -> ControlFlow<()>) -> Result<(), StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let keep = match query.limit {
             None | Some(0) => None,
             Some(n) => usize::try_from(n.saturating_add(query.skip.unwrap_or(0))).ok(),
         };
-        let mut matched: Vec<Value> = Vec::new();
-        each(&mut |doc| {
-            matched.push(doc);
+        let mut matched: Vec<T> = Vec::new();
+        each(&mut |item| {
+            matched.push(item);
             match (keep, &query.sort) {
                 (Some(k), Some(sort)) if matched.len() >= 2 * k.max(64) => {
                     // Stable: ties keep key order, as a full sort would.
-                    matched.sort_by(|a, b| sort.compare(a, b));
+                    matched.sort_by(|a, b| sort.compare(doc(a), doc(b)));
                     matched.truncate(k);
                     ControlFlow::Continue(())
                 }
@@ -848,28 +858,29 @@ impl EmbeddedStore {
         Ok(Some(ids.into_iter().collect()))
     }
 
-    /// Calls `f` with every document a filter may select (index candidates, or all) that
-    /// `keep` accepts, in MercuryId order, until it breaks. Documents are decoded and tested by
-    /// `keep` on several threads, a batch at a time; `f` sees them in order on this one.
+    /// Calls `f` with every document a filter may select (index candidates, or all) that the
+    /// scan's test accepts, in MercuryId order, until it breaks. Documents are decoded (only the
+    /// fields the scan names) and tested on several threads, a batch at a time; `f` sees them
+    /// in order on this one.
     fn each(
         &self,
+        read: &ReadTransaction,
         filter: &Value,
-        keep: Keep<'_>,
-        mut f: impl FnMut(Value) -> ControlFlow<()>,
+        scan: &Scan<'_>,
+        mut f: impl FnMut(&str, Value) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let read = self.read()?;
-        let tables = Tables::open(&read, self)?;
+        let tables = Tables::open(read, self)?;
         let mut batch = Vec::with_capacity(BATCH);
         let mut flush = |batch: &mut Vec<Raw>| -> Result<ControlFlow<()>, StoreError> {
-            for doc in matching(batch, keep)? {
-                if f(doc).is_break() {
+            for (i, doc) in matching(batch, scan)? {
+                if f(&batch[i].id, doc).is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
             }
             batch.clear();
             Ok(ControlFlow::Continue(()))
         };
-        if let Some(ids) = self.candidates(&read, filter)? {
+        if let Some(ids) = self.candidates(read, filter)? {
             for id in ids {
                 if let Some(raw) = tables.raw(id, self)? {
                     batch.push(raw);
@@ -898,46 +909,138 @@ impl EmbeddedStore {
     }
 
     /// Runs a query: index candidates or a scan, keeping only matches (and for a sorted,
-    /// limited query only the best `skip + limit`).
+    /// limited query only the best `skip + limit`, chosen on the sort's fields alone and read
+    /// whole at the end).
     pub fn find(&self, query: &Query) -> Result<Vec<Value>, StoreError> {
-        let matched = self.collect_top(query, |f| {
-            self.each(query.filter_document(), &|d| query.filter.matches(d), f)
-        })?;
-        Ok(query.run(matched.iter()))
-    }
-
-    /// Counts the documents a filter selects.
-    pub fn count(&self, count: &Count) -> Result<u64, StoreError> {
-        let mut n = 0u64;
-        self.each(
-            count.filter.document(),
-            &|d| count.filter.matches(d),
-            |_| {
-                n += 1;
-                ControlFlow::Continue(())
+        let read = self.read()?;
+        let keep = |d: &Value| query.filter.matches(d);
+        let test = Some(query.filter.top_level_fields());
+        let limited = matches!(query.limit, Some(n) if n > 0);
+        let sort_fields = match (&query.sort, limited) {
+            (Some(sort), true) => Some(top_fields_of_keys(sort.document())),
+            _ => None,
+        };
+        let Some(sort_fields) = sort_fields else {
+            let scan = Scan {
+                test,
+                keep: &keep,
+                out: Output::Whole,
+            };
+            let matched = self.collect_top(query, |f| {
+                self.each(&read, query.filter_document(), &scan, |_, d| f(d))
+            })?;
+            return Ok(query.run(matched.iter()));
+        };
+        let scan = Scan {
+            test,
+            keep: &keep,
+            out: Output::Fields(sort_fields),
+        };
+        let best = self.collect_top_by(
+            query,
+            |(_, d): &(String, Value)| d,
+            |f| {
+                self.each(&read, query.filter_document(), &scan, |id, d| {
+                    f((id.to_owned(), d))
+                })
             },
         )?;
+        let tables = Tables::open(&read, self)?;
+        let mut whole = Vec::with_capacity(best.len());
+        for (id, _) in &best {
+            if let Some(doc) = tables.merged(id, self)? {
+                whole.push(doc);
+            }
+        }
+        Ok(query.run(whole.iter()))
+    }
+
+    /// Counts the documents a filter selects: from the index alone for an equality on an
+    /// indexed path to a string or boolean (index keys of those values are exact), otherwise
+    /// by testing each candidate's filtered fields.
+    pub fn count(&self, count: &Count) -> Result<u64, StoreError> {
+        let read = self.read()?;
+        if let Some(n) = self.count_from_index(&read, count.filter.document())? {
+            return Ok(n);
+        }
+        let keep = |d: &Value| count.filter.matches(d);
+        let scan = Scan {
+            test: Some(count.filter.top_level_fields()),
+            keep: &keep,
+            out: Output::Nothing,
+        };
+        let mut n = 0u64;
+        self.each(&read, count.filter.document(), &scan, |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        })?;
         Ok(n)
     }
 
-    /// The distinct values at a path among the documents a filter selects; only the path's
-    /// values of each match are kept while scanning.
+    /// The number of index entries of `{path: value}` when that is the whole filter, the path is
+    /// indexed and the value a string or boolean: each document has at most one entry per
+    /// value, and an entry exists exactly when the document has the value at the path.
+    fn count_from_index(
+        &self,
+        read: &ReadTransaction,
+        filter: &Value,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(map) = filter.as_object() else {
+            return Ok(None);
+        };
+        let mut entries = map.iter();
+        let (Some((path, cond)), None) = (entries.next(), entries.next()) else {
+            return Ok(None);
+        };
+        let value = match cond {
+            Value::Object(ops) if ops.len() == 1 => match ops.get("$eq") {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+            v => v,
+        };
+        if !matches!(value, Value::String(_) | Value::Bool(_)) {
+            return Ok(None);
+        }
+        let Some((_, name)) = self.indexes.iter().find(|(p, _)| p == path) else {
+            return Ok(None);
+        };
+        let Some(start) = index::encode(value) else {
+            return Ok(None);
+        };
+        let mut end = start.clone();
+        end.push(0xFF);
+        let idx = read
+            .open_table(index_table(name))
+            .map_err(self.fail("open table"))?;
+        let mut n = 0u64;
+        for row in idx
+            .range::<&[u8]>(start.as_slice()..end.as_slice())
+            .map_err(self.fail("scan"))?
+        {
+            row.map_err(self.fail("scan"))?;
+            n += 1;
+        }
+        Ok(Some(n))
+    }
+
+    /// The distinct values at a path among the documents a filter selects; only the filter's
+    /// fields and the path's top-level field are decoded.
     pub fn distinct(&self, distinct: &Distinct) -> Result<Vec<Value>, StoreError> {
+        let read = self.read()?;
         // The path's top-level field whole: positions (`disks.0.dev`) are the distinct's to read.
         let top = distinct.path().split('.').next().unwrap_or_default();
-        let narrow = Projection::parse(&serde_json::json!({ top: 1 })).ok();
+        let keep = |d: &Value| distinct.filter().matches(d);
+        let scan = Scan {
+            test: Some(distinct.filter().top_level_fields()),
+            keep: &keep,
+            out: Output::Fields(BTreeSet::from([top.to_owned()])),
+        };
         let mut kept = Vec::new();
-        self.each(
-            distinct.filter().document(),
-            &|d| distinct.filter().matches(d),
-            |doc| {
-                kept.push(match &narrow {
-                    Some(p) => p.apply(&doc),
-                    None => doc,
-                });
-                ControlFlow::Continue(())
-            },
-        )?;
+        self.each(&read, distinct.filter().document(), &scan, |_, doc| {
+            kept.push(doc);
+            ControlFlow::Continue(())
+        })?;
         let all = Distinct::new(distinct.path(), &Value::Object(Map::new())).map_err(|e| {
             StoreError::Refused {
                 message: e.to_string(),
@@ -976,7 +1079,35 @@ impl EmbeddedStore {
             None => None,
         };
         let keep = |d: &Value| first_match.as_ref().is_none_or(|m| m.matches(d));
-        self.each(&index_filter, &keep, |doc| {
+        // Only the fields the pipeline reads are decoded when it is `$match` stages, then a
+        // tail that ends in `$group`/`$count` and names its fields.
+        let only_matches = stages[..split].iter().all(|s| s.get("$match").is_some());
+        let wanted = match (&narrow, only_matches) {
+            (Some(fields), true) => {
+                let mut all = fields.clone();
+                for s in &stages[..split] {
+                    if let Some(m) = s.get("$match") {
+                        all.extend(
+                            qs_query::Filter::parse(m)
+                                .map_err(refused)?
+                                .top_level_fields(),
+                        );
+                    }
+                }
+                Some(all)
+            }
+            _ => None,
+        };
+        let scan = Scan {
+            test: first_match.as_ref().map(|m| m.top_level_fields()),
+            keep: &keep,
+            out: match wanted {
+                Some(fields) => Output::Fields(fields),
+                None => Output::Whole,
+            },
+        };
+        let read = self.read()?;
+        self.each(&read, &index_filter, &scan, |_, doc| {
             for out in head.run(std::iter::once(&doc)) {
                 kept.push(match (&narrow, out) {
                     (Some(fields), Value::Object(m)) => {
@@ -1179,6 +1310,37 @@ const BATCH: usize = 1024;
 /// A test run on each decoded document, on the scan's worker threads.
 type Keep<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
 
+/// What a scan decodes of each document and hands on for a match.
+struct Scan<'a> {
+    /// The top-level fields `keep` reads (`None`: the whole document).
+    test: Option<BTreeSet<String>>,
+    /// The test.
+    keep: Keep<'a>,
+    /// What a match is handed on as.
+    out: Output,
+}
+
+/// What a scan hands on for a match.
+enum Output {
+    /// The whole merged document.
+    Whole,
+    /// Only these top-level fields of it.
+    Fields(BTreeSet<String>),
+    /// Nothing (`null`): the caller counts.
+    Nothing,
+}
+
+/// The top-level fields of the paths a document's keys name (a sort document).
+fn top_fields_of_keys(doc: &Value) -> BTreeSet<String> {
+    doc.as_object()
+        .map(|m| {
+            m.keys()
+                .map(|k| k.split('.').next().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One document's stored parts, undecoded: inventory, agent, boot.
 struct Raw {
     id: String,
@@ -1195,18 +1357,77 @@ impl Raw {
         };
         Ok(merge(&self.id, part(0)?, part(1)?, part(2)?))
     }
+
+    /// The merged document cut down to `wanted` top-level fields, decoding nothing else: as
+    /// [`Raw::decode`] followed by dropping the other fields, for a document whose stored
+    /// schema needs no conversion (others are decoded whole first).
+    fn fields(&self, wanted: &BTreeSet<String>) -> Result<Value, StoreError> {
+        let corrupt = |e: super::msgpack::PartialError| StoreError::Corrupt {
+            id: self.id.clone(),
+            reason: e.to_string(),
+        };
+        let mut doc = match &self.parts[0] {
+            Some(bytes) => {
+                let mut read = wanted.clone();
+                read.insert("schema".into());
+                let mut m = super::msgpack::fields(bytes, &read).map_err(corrupt)?;
+                let schema = m.get("schema").and_then(Value::as_u64).unwrap_or(0);
+                if document::needs_upgrade(schema) {
+                    return Ok(only(self.decode()?, wanted));
+                }
+                if !wanted.contains("schema") {
+                    m.remove("schema");
+                }
+                m.remove("agent");
+                m.remove("boot");
+                m
+            }
+            None => Map::new(),
+        };
+        if wanted.contains("mercury_id") && !doc.contains_key("mercury_id") {
+            doc.insert("mercury_id".into(), Value::String(self.id.clone()));
+        }
+        for (i, name) in [(1, "agent"), (2, "boot")] {
+            if let (true, Some(bytes)) = (wanted.contains(name), &self.parts[i]) {
+                doc.insert(name.into(), decode_doc(&self.id, bytes)?);
+            }
+        }
+        Ok(Value::Object(doc))
+    }
 }
 
-/// The documents of a batch that `keep` accepts, in order: decoded on up to four threads
-/// (decoding is most of a scan's cost).
-fn matching(batch: &[Raw], keep: Keep<'_>) -> Result<Vec<Value>, StoreError> {
-    let run = |part: &[Raw]| -> Result<Vec<Value>, StoreError> {
+/// A document's `wanted` top-level fields.
+fn only(doc: Value, wanted: &BTreeSet<String>) -> Value {
+    match doc {
+        Value::Object(m) => {
+            Value::Object(m.into_iter().filter(|(k, _)| wanted.contains(k)).collect())
+        }
+        other => other,
+    }
+}
+
+/// The documents of a batch the scan's test accepts, with their positions, in order: decoded
+/// (only what the scan names) and tested on up to four threads (decoding is most of a scan's
+/// cost).
+fn matching(batch: &[Raw], scan: &Scan<'_>) -> Result<Vec<(usize, Value)>, StoreError> {
+    let run = |offset: usize, part: &[Raw]| -> Result<Vec<(usize, Value)>, StoreError> {
         let mut out = Vec::new();
-        for raw in part {
-            let doc = raw.decode()?;
-            if keep(&doc) {
-                out.push(doc);
+        for (i, raw) in part.iter().enumerate() {
+            let tested = match &scan.test {
+                Some(fields) => raw.fields(fields)?,
+                None => raw.decode()?,
+            };
+            if !(scan.keep)(&tested) {
+                continue;
             }
+            let doc = match (&scan.out, &scan.test) {
+                (Output::Nothing, _) => Value::Null,
+                (Output::Whole, None) => tested,
+                (Output::Whole, Some(_)) => raw.decode()?,
+                (Output::Fields(f), Some(t)) if f.is_subset(t) => only(tested, f),
+                (Output::Fields(f), _) => raw.fields(f)?,
+            };
+            out.push((offset + i, doc));
         }
         Ok(out)
     };
@@ -1215,14 +1436,16 @@ fn matching(batch: &[Raw], keep: Keep<'_>) -> Result<Vec<Value>, StoreError> {
         .unwrap_or(1)
         .min(4);
     if threads < 2 || batch.len() < 64 {
-        return run(batch);
+        return run(0, batch);
     }
     let size = batch.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let mut parts = batch.chunks(size);
-        let first = parts.next().unwrap_or_default();
-        let handles: Vec<_> = parts.map(|p| scope.spawn(move || run(p))).collect();
-        let mut out = run(first)?;
+        let mut parts = batch.chunks(size).enumerate();
+        let first = parts.next().map(|(_, p)| p).unwrap_or_default();
+        let handles: Vec<_> = parts
+            .map(|(k, p)| scope.spawn(move || run(k * size, p)))
+            .collect();
+        let mut out = run(0, first)?;
         for h in handles {
             out.extend(
                 h.join()

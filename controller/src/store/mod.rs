@@ -17,6 +17,7 @@ pub mod embedded;
 pub mod history;
 pub mod index;
 pub mod mongo;
+pub mod msgpack;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

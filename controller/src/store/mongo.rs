@@ -12,8 +12,10 @@
 //! Filters, projections, sorts, skips, limits, counts, distincts and pipelines go to the
 //! server; nothing is kept in memory as the truth, so several controllers can share a database:
 //! an inventory write is a compare-and-swap on `_rev` (retried on a race), agent writes are
-//! single-document updates (conditional ones filter on `agent.session`). Without multi-document
-//! transactions, a batch is applied write by write: each write is atomic, the batch is not.
+//! single-document updates (conditional ones filter on `agent.session`). A batch is one
+//! multi-document transaction when the deployment has them (a replica set, even of one node);
+//! on a standalone server, which refuses transactions, it is applied write by write: each write
+//! is atomic, the batch is not.
 //!
 //! Errors never carry driver types: a server that cannot be reached is
 //! [`StoreError::Unavailable`] naming the URL without its password; [`MongoStore::health`]
@@ -26,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, Regex};
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
-use mongodb::{Client, IndexModel};
+use mongodb::{Client, ClientSession, IndexModel};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
@@ -50,6 +53,8 @@ pub struct MongoStore {
     indexes: Vec<String>,
     history: usize,
     indexes_ready: AtomicBool,
+    /// Whether the deployment runs multi-document transactions (learnt at start).
+    transactions: AtomicBool,
     state: Mutex<HealthState>,
 }
 
@@ -105,6 +110,7 @@ impl MongoStore {
             indexes: options.index_paths(),
             history: options.history,
             indexes_ready: AtomicBool::new(false),
+            transactions: AtomicBool::new(false),
             state: Mutex::new((None, None)),
         })
     }
@@ -193,8 +199,19 @@ impl MongoStore {
                     .map_err(|e| self.unavailable("create indexes", &e))?;
             }
         }
+        // Transactions need a replica set (or a sharded cluster); a standalone server refuses
+        // them, and the driver with it.
+        let hello = self
+            .client
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(|e| self.unavailable("hello", &e))?;
+        let transactions =
+            hello.get_str("setName").is_ok() || hello.get_str("msg").is_ok_and(|m| m == "isdbgrid");
+        self.transactions.store(transactions, Ordering::Release);
         self.indexes_ready.store(true, Ordering::Release);
-        info!(store = %self.url, indexes = ?self.indexes, "MongoDB indexes ready");
+        info!(store = %self.url, indexes = ?self.indexes, transactions, "MongoDB indexes ready");
         Ok(())
     }
 
@@ -308,7 +325,10 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Applies the writes one by one (each atomic on its own).
+    /// Applies a batch: in one multi-document transaction when the deployment has them (a
+    /// replica set or sharded cluster), retried whole on a transient error (a write conflict
+    /// with another controller); on a standalone server, write by write (each atomic on its
+    /// own; see ARCHITECTURE.md).
     pub async fn write_batch(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         for w in &writes {
             if let Write::Record {
@@ -321,11 +341,61 @@ impl MongoStore {
             }
         }
         self.ready().await?;
+        let mut session = self
+            .client
+            .start_session()
+            .await
+            .map_err(|e| self.error("start session", e))?;
+        if !self.transactions.load(Ordering::Acquire) {
+            self.apply(&mut session, &writes)
+                .await
+                .map_err(|f| f.into_store(self))?;
+            self.healthy();
+            return Ok(());
+        }
+        for _attempt in 0..TRANSACTION_ATTEMPTS {
+            session
+                .start_transaction()
+                .await
+                .map_err(|e| self.error("start transaction", e))?;
+            let applied = self.apply(&mut session, &writes).await;
+            match applied {
+                Ok(()) => match commit(&mut session).await {
+                    Ok(()) => {
+                        self.healthy();
+                        return Ok(());
+                    }
+                    Err(e) if retryable(&e) => continue,
+                    Err(e) => return Err(self.error("commit", e)),
+                },
+                Err(failure) => {
+                    let _ = session.abort_transaction().await;
+                    match failure {
+                        Failure::Driver(_, e) if retryable(&e) => continue,
+                        other => return Err(other.into_store(self)),
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable {
+            store: self.url.clone(),
+            operation: "write",
+            reason: format!(
+                "the transaction conflicted with other writers {TRANSACTION_ATTEMPTS} times"
+            ),
+        })
+    }
+
+    /// Applies every write of a batch in `session` (inside its transaction, if one is open).
+    async fn apply(&self, session: &mut ClientSession, writes: &[Write]) -> Result<(), Failure> {
         for w in writes {
             match w {
-                Write::Inventory { id, doc } => self.put_inventory(&id, doc, None).await?,
+                Write::Inventory { id, doc } => {
+                    self.put_inventory(session, id, doc.clone(), None).await?
+                }
                 Write::InventoryIfVersion { id, doc, version } => {
-                    self.put_inventory(&id, doc, Some(version)).await?
+                    self.put_inventory(session, id, doc.clone(), Some(*version))
+                        .await?
                 }
                 Write::Agent {
                     id,
@@ -334,23 +404,25 @@ impl MongoStore {
                 } => {
                     let coll = self.coll(INVENTORY);
                     let result = match only_if_session {
-                        Some(session) => {
+                        Some(s) => {
                             coll.update_one(
-                                doc! {"_id": &id, "agent.session": to_bson(&Value::from(session))},
-                                doc! {"$set": {"agent": to_bson(&agent)}},
+                                doc! {"_id": id, "agent.session": to_bson(&Value::from(*s))},
+                                doc! {"$set": {"agent": to_bson(agent)}},
                             )
+                            .session(&mut *session)
                             .await
                         }
                         None => {
                             coll.update_one(
-                                doc! {"_id": &id},
-                                doc! {"$set": {"agent": to_bson(&agent)}, "$setOnInsert": {FIND_KEY: &id}},
+                                doc! {"_id": id},
+                                doc! {"$set": {"agent": to_bson(agent)}, "$setOnInsert": {FIND_KEY: id}},
                             )
                             .upsert(true)
+                            .session(&mut *session)
                             .await
                         }
                     };
-                    result.map_err(|e| self.error("write", e))?;
+                    result.map_err(|e| Failure::Driver("write", e))?;
                 }
                 Write::Record {
                     collection,
@@ -360,21 +432,22 @@ impl MongoStore {
                     let coll = self.coll(collection.name());
                     match value {
                         Some(v) => {
-                            coll.replace_one(doc! {"_id": &key}, record_document(&key, &v))
+                            coll.replace_one(doc! {"_id": key}, record_document(key, v))
                                 .upsert(true)
+                                .session(&mut *session)
                                 .await
-                                .map_err(|e| self.error("write", e))?;
+                                .map_err(|e| Failure::Driver("write", e))?;
                         }
                         None => {
-                            coll.delete_one(doc! {"_id": &key})
+                            coll.delete_one(doc! {"_id": key})
+                                .session(&mut *session)
                                 .await
-                                .map_err(|e| self.error("write", e))?;
+                                .map_err(|e| Failure::Driver("write", e))?;
                         }
                     }
                 }
             }
         }
-        self.healthy();
         Ok(())
     }
 
@@ -382,29 +455,32 @@ impl MongoStore {
     /// got there first, unless the caller named the version), then its history row.
     async fn put_inventory(
         &self,
+        session: &mut ClientSession,
         id: &str,
         mut inventory: Map<String, Value>,
         expected: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Failure> {
         inventory.remove("agent");
         inventory.remove("boot");
         if !inventory.contains_key(FIND_KEY) {
             inventory.insert(FIND_KEY.into(), Value::String(id.to_owned()));
         }
         let coll = self.coll(INVENTORY);
+        let driver = |op: &'static str| move |e| Failure::Driver(op, e);
         for _attempt in 0..16 {
             let current = coll
                 .find_one(doc! {"_id": id})
+                .session(&mut *session)
                 .await
-                .map_err(|e| self.error("read", e))?;
+                .map_err(driver("read"))?;
             let rev = current.as_ref().map_or(0, rev_of);
             if let Some(expected) = expected {
                 if expected != rev {
-                    return Err(StoreError::Conflict {
+                    return Err(Failure::Store(StoreError::Conflict {
                         id: id.to_owned(),
                         expected,
                         found: rev,
-                    });
+                    }));
                 }
             }
             let mut new = Document::new();
@@ -419,10 +495,10 @@ impl MongoStore {
             }
             new.insert(REV, (rev + 1) as i64);
             let written = match &current {
-                None => match coll.insert_one(new).await {
+                None => match coll.insert_one(new).session(&mut *session).await {
                     Ok(_) => true,
                     Err(e) if is_duplicate(&e) => false,
-                    Err(e) => return Err(self.error("write", e)),
+                    Err(e) => return Err(Failure::Driver("write", e)),
                 },
                 Some(c) => {
                     let filter = match c.get(REV) {
@@ -430,8 +506,9 @@ impl MongoStore {
                         None => doc! {"_id": id, REV: {"$exists": false}},
                     };
                     coll.replace_one(filter, new)
+                        .session(&mut *session)
                         .await
-                        .map_err(|e| self.error("write", e))?
+                        .map_err(driver("write"))?
                         .matched_count
                         == 1
                 }
@@ -458,29 +535,38 @@ impl MongoStore {
             };
             if changed && self.history > 0 {
                 let old_value = old_inventory.map(Value::Object);
-                self.record_history(id, rev + 1, old_value.as_ref(), &Value::Object(inventory))
-                    .await?;
+                self.record_history(
+                    session,
+                    id,
+                    rev + 1,
+                    old_value.as_ref(),
+                    &Value::Object(inventory),
+                )
+                .await?;
             }
             return Ok(());
         }
-        Err(StoreError::Unavailable {
+        Err(Failure::Store(StoreError::Unavailable {
             store: self.url.clone(),
             operation: "write",
             reason: format!("document {id} kept changing under 16 attempts"),
-        })
+        }))
     }
 
     async fn record_history(
         &self,
+        session: &mut ClientSession,
         id: &str,
         seq: u64,
         old: Option<&Value>,
         new: &Value,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Failure> {
         let entry = HistoryEntry::record(seq, old, new);
-        let reverse = serde_json::to_string(&entry.reverse).map_err(|e| StoreError::Corrupt {
-            id: id.to_owned(),
-            reason: e.to_string(),
+        let reverse = serde_json::to_string(&entry.reverse).map_err(|e| {
+            Failure::Store(StoreError::Corrupt {
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })
         })?;
         let coll = self.coll(HISTORY);
         coll.insert_one(doc! {
@@ -490,25 +576,31 @@ impl MongoStore {
             "changes": entry.changes.clone(),
             "reverse": reverse,
         })
+        .session(&mut *session)
         .await
-        .map_err(|e| self.error("write history", e))?;
+        .map_err(|e| Failure::Driver("write history", e))?;
         // Prune to the newest N: the Nth newest seq is the oldest kept.
         let keep = self.history.max(1) as u64;
-        let newest: Vec<Document> = coll
+        let prune = |e| Failure::Driver("prune history", e);
+        let mut cursor = coll
             .find(doc! {FIND_KEY: id})
             .sort(doc! {"seq": -1})
             .skip(keep)
             .limit(1)
             .projection(doc! {"seq": 1})
+            .session(&mut *session)
             .await
-            .map_err(|e| self.error("prune history", e))?
+            .map_err(prune)?;
+        let newest: Vec<Document> = cursor
+            .stream(&mut *session)
             .try_collect()
             .await
-            .map_err(|e| self.error("prune history", e))?;
+            .map_err(prune)?;
         if let Some(cut) = newest.first().and_then(|d| d.get("seq")).cloned() {
             coll.delete_many(doc! {FIND_KEY: id, "seq": {"$lte": cut}})
+                .session(&mut *session)
                 .await
-                .map_err(|e| self.error("prune history", e))?;
+                .map_err(prune)?;
         }
         Ok(())
     }
@@ -689,6 +781,51 @@ impl MongoStore {
             .into_iter()
             .map(|d| to_json(&Bson::Document(d)))
             .collect())
+    }
+}
+
+/// How many times a batch's transaction is retried after a transient error.
+const TRANSACTION_ATTEMPTS: usize = 8;
+
+/// Why a write of a batch failed: the store's answer, or the driver's (kept whole so its
+/// labels tell whether the transaction can be retried).
+enum Failure {
+    Store(StoreError),
+    Driver(&'static str, mongodb::error::Error),
+}
+
+impl Failure {
+    fn into_store(self, store: &MongoStore) -> StoreError {
+        match self {
+            Failure::Store(e) => e,
+            Failure::Driver(op, e) => store.error(op, e),
+        }
+    }
+}
+
+/// Whether a transaction that failed with `e` is worth running again now: a conflict with
+/// another writer is; a server that cannot be reached is reported at once instead.
+fn retryable(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        && !matches!(
+            *e.kind,
+            ErrorKind::Io(_)
+                | ErrorKind::ServerSelection { .. }
+                | ErrorKind::ConnectionPoolCleared { .. }
+        )
+}
+
+/// Commits, retrying the commit itself while its outcome is unknown (the driver's advice).
+async fn commit(session: &mut ClientSession) -> Result<(), mongodb::error::Error> {
+    let mut attempts = 0;
+    loop {
+        match session.commit_transaction().await {
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 => {
+                attempts += 1;
+            }
+            other => return other,
+        }
     }
 }
 
