@@ -1280,3 +1280,46 @@ async fn no_secret_of_a_run_appears_in_its_logs_audit_store_or_api_answers() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_calls_a_destructive_capability() {
+    let data = tempfile::tempdir().unwrap();
+    let controller = Controller::start(data.path(), &[]).await.unwrap();
+    let id = peer_id(51);
+    let mut peer = SecurePeer::connect(&controller.agents, &id).await.unwrap();
+    let capabilities = serde_json::from_value(json!([
+        {"name": "erase", "doc": "wipes every disk", "destructive": true},
+        {"name": "look", "doc": "reads"},
+    ]))
+    .unwrap();
+    let body = Body::Register(Register {
+        capabilities,
+        ..match codec::decode(&register(&id, json!({})), 1 << 20)
+            .unwrap()
+            .body
+        {
+            Body::Register(r) => r,
+            _ => unreachable!(),
+        }
+    });
+    peer.send(&codec::encode(&Envelope::new(MessageId(1), body)).unwrap())
+        .await
+        .unwrap();
+    assert!(is_registered(&reply_within(&mut peer, WAIT).await));
+    let (ok, operator, _) = controller
+        .cli(&["tokens", "create", "--role", "operator"])
+        .await
+        .unwrap();
+    assert!(ok);
+    let call = |token: String, capability: &'static str| {
+        let request = controller
+            .client_with(&token)
+            .post(format!("{}/api/v1/agents/{id}/calls", controller.http))
+            .json(&json!({"capability": capability, "timeout": 0.5}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call(operator.trim().to_owned(), "erase").await, 403);
+    // Not destructive: the operator's call goes out (this peer never answers: a timeout).
+    assert_eq!(call(operator.trim().to_owned(), "look").await, 504);
+    assert_eq!(call(controller.token.clone(), "erase").await, 504);
+}

@@ -241,6 +241,64 @@ async fn rewrite_body(
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
+/// The agent a direct capability call is for (`POST /api/v1/agents/{id}/calls`).
+fn call_target(method: &Method, path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", ["api", "v1", "agents", id, "calls"]) => Some((*id).to_owned()),
+        _ => None,
+    }
+}
+
+/// A call of a capability the agent marks destructive needs an admin (issue 12's roles): the
+/// request back for a capability that is not, 403 for one that is.
+async fn refuse_destructive(
+    gate: &Gate,
+    caller: &Caller,
+    id: &str,
+    request: Request,
+) -> Result<Request, Response> {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REWRITTEN_BODY).await else {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body too large",
+        )
+        .into_response());
+    };
+    let capability = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|b| b.get("capability")?.as_str().map(str::to_owned));
+    if let Some(capability) = capability {
+        let doc = gate
+            .store
+            .get_inventory(id)
+            .await
+            .map_err(|e| ApiError::internal(&e).into_response())?;
+        let destructive = doc
+            .as_ref()
+            .and_then(|d| d.pointer("/agent/capabilities")?.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c["name"] == capability.as_str() && c["destructive"] == true);
+        if destructive {
+            gate.forbidden.fetch_add(1, Ordering::Relaxed);
+            warn!(token = %caller.name, role = %caller.role, capability, mercury_id = id, "destructive call refused: role too weak");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{capability} is destructive: it needs an admin token (token {} has role {})",
+                    caller.name, caller.role
+                ),
+            )
+            .into_response());
+        }
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
 /// The agent list cut to the caller's segment.
 async fn filter_agents(gate: &Gate, caller: &Caller, response: Response) -> Response {
     let (parts, body) = response.into_parts();
@@ -397,6 +455,14 @@ async fn check(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) 
             SegmentRule::Deny => {
                 return outside_segment(&gate, &caller, &path, StatusCode::FORBIDDEN)
             }
+        }
+    }
+    if caller.role < Role::Admin {
+        if let Some(id) = call_target(&method, &path) {
+            request = match refuse_destructive(&gate, &caller, &id, request).await {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
         }
     }
     request.extensions_mut().insert(caller.clone());
