@@ -642,6 +642,7 @@ mod tests {
         assert_eq!(s(Method::GET, "/api/v1/dispatcher"), SegmentRule::Deny);
         assert_eq!(s(Method::GET, "/api/v1/boot"), SegmentRule::Deny);
         assert_eq!(s(Method::GET, "/api/v1/tokens"), SegmentRule::Deny);
-        assert_eq!(s(Method::GET, "/api/v1/jobs"), SegmentRule::Deny);
+        assert_eq!(s(Method::GET, "/api/v1/jobs"), SegmentRule::Aware);
+        assert_eq!(s(Method::GET, "/api/v1/plans"), SegmentRule::Deny);
     }
 }
