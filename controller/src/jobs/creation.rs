@@ -213,11 +213,20 @@ impl Jobs {
         if docs.is_empty() {
             return Err(JobError::NoHosts("the query selects no host".into()));
         }
+        // Every selected host's asset set in one pass, when a template reads them.
+        let mut assets = if reads_assets {
+            let refs: Vec<&Value> = docs.iter().collect();
+            crate::assets::assets_for_many(&self.store, &refs).await?
+        } else {
+            Vec::new()
+        }
+        .into_iter();
         let mut skipped = Vec::new();
         let mut planned = Vec::new();
         let mut job_args_redacted: Option<Value> = None;
         let mut destructive = false;
         for doc in docs {
+            let host_assets = assets.next().flatten();
             let Some(host) = doc
                 .get("mercury_id")
                 .and_then(Value::as_str)
@@ -240,17 +249,8 @@ impl Jobs {
                 });
                 continue;
             };
-            let context = if templated {
-                // Three lookups per host: only when a template reads the asset set.
-                let assets = if reads_assets {
-                    crate::assets::assets_for(&self.store, &doc).await?
-                } else {
-                    None
-                };
-                Some(qs_plans::HostContext::new(&host, doc.clone(), assets))
-            } else {
-                None
-            };
+            let context =
+                templated.then(|| qs_plans::HostContext::new(&host, doc, host_assets));
             let render = |args: &Value| -> Result<Value, JobError> {
                 match &context {
                     Some(ctx) if has_templates(args) => qs_plans::render_args(args, ctx.as_value())

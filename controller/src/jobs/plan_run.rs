@@ -19,33 +19,8 @@ use super::runner::{call, judge, CallEnd, CallSpec};
 impl Jobs {
     /// The plan `SET/NAME` from the config dir, validated.
     pub(super) fn load_plan(&self, name: &str) -> Result<Plan, JobError> {
-        let mut parts = name.split('/');
-        let (Some(set), Some(plan), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(JobError::Plan(format!(
-                "plan names look like SET/NAME, not {name:?}"
-            )));
-        };
-        let safe = |s: &str| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        };
-        if !safe(set) || !safe(plan) {
-            return Err(JobError::Plan(format!("bad plan name {name:?}")));
-        }
-        let dir = self.config.config_dir.join(set);
-        let path = ["yaml", "yml"]
-            .iter()
-            .map(|ext| dir.join(format!("{plan}.{ext}")))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                JobError::Plan(format!(
-                    "no plan {name} (looked for {}/{plan}.yaml)",
-                    dir.display()
-                ))
-            })?;
-        qs_plans::validate_file(&path).map_err(|e| JobError::Plan(e.to_string()))
+        qs_plans::load_plan(&self.config.config_dir, name)
+            .map_err(|e| JobError::Plan(e.to_string()))
     }
 
     /// Makes `call_id` the task's current call, its output going to `log_key`.
