@@ -245,6 +245,44 @@ fn describe_store(config: &ServeConfig) -> String {
     }
 }
 
+/// Answers `/healthz` on the HTTP port (503, the store's state and location, password removed)
+/// until the store works: a MongoDB server that cannot be reached at start is reported rather
+/// than met with silence. Startup goes on, on the same socket, once it answers.
+async fn health_until_ready(store: &Store, listener: &std::net::TcpListener) -> anyhow::Result<()> {
+    if store.health().await == crate::store::Health::Ok {
+        return Ok(());
+    }
+    let early = listener.try_clone()?;
+    early.set_nonblocking(true)?;
+    let early = TcpListener::from_std(early)?;
+    let watched = store.clone();
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let store = watched.clone();
+            async move {
+                let mut state = serde_json::to_value(store.health().await).unwrap_or_default();
+                state["location"] = serde_json::json!(store.describe());
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({"status": "starting", "store": state})),
+                )
+            }
+        }),
+    );
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::server::serve(
+        early,
+        app,
+        http::server::ServerLimits::default(),
+        stop.clone(),
+    ));
+    store.wait_until_healthy().await;
+    stop.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
 /// Runs the controller until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -256,6 +294,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot open the store ({})", describe_store(&config)))?;
+    let http_listener = std::net::TcpListener::bind(config.http)
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+    health_until_ready(&store, &http_listener).await?;
     raise_open_file_limit();
     let (tokens, admin_token) =
         crate::security::tokens::TokenStore::open(store.clone(), &config.data_dir)
@@ -333,9 +374,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         server_key.public(),
         enrollment.clone(),
     );
-    let http_listener = TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+    http_listener.set_nonblocking(true)?;
+    let http_listener = TcpListener::from_std(http_listener)?;
     let http_addr = http_listener.local_addr()?;
 
     let transport = Transport::new(

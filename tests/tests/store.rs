@@ -277,3 +277,150 @@ async fn inventory_history_summarises_changes_and_diffs_between_versions() {
     assert!(seqs[0] > 1, "the first version was pruned: {history}");
     controller.kill().await.unwrap();
 }
+
+/// A loopback port nothing listens on now (the kernel's pick, released at once).
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+async fn healthz(http: &str) -> anyhow::Result<(u16, Value)> {
+    let r = reqwest::get(format!("{http}/healthz")).await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await?))
+}
+
+/// A MongoDB server away when `qs serve` starts: `/healthz` answers at once (503, the URL
+/// without its password) and startup completes when the server comes. The server killed
+/// mid-run: `/healthz` says degraded, and when it returns (same port, same data) the store
+/// recovers without a restart, agents register again and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_server_away_at_start_or_lost_mid_run_is_reported_and_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mongo_port = unused_port();
+
+    // Away at start, with a password in the URL: reported, the password never shown.
+    let http = format!("127.0.0.1:{}", unused_port());
+    let url = format!("mongodb://qs:s3cret@127.0.0.1:{mongo_port}/qs_lost");
+    let starting = {
+        let (data, http, url) = (dir.path().join("pw"), http.clone(), url.clone());
+        tokio::spawn(async move {
+            Controller::start_on(&data, "tcp://127.0.0.1:0", &http, &["--store", &url]).await
+        })
+    };
+    let base = format!("http://{http}");
+    let health = wait_until("healthz answers while the store is away", WAIT, || async {
+        let (status, health) = healthz(&base).await?;
+        Ok((status == 503).then_some(health))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        health["store"]["location"],
+        json!(format!("mongodb://qs:****@127.0.0.1:{mongo_port}/qs_lost")),
+        "{health}"
+    );
+    assert_eq!(health["store"]["state"], "degraded", "{health}");
+    assert!(!health.to_string().contains("s3cret"), "{health}");
+    starting.abort();
+
+    // Away at start, then there: startup completes on the same HTTP port.
+    let http = format!("127.0.0.1:{}", unused_port());
+    let url = format!("mongodb://127.0.0.1:{mongo_port}/qs_lost");
+    let data = dir.path().join("data");
+    let starting = {
+        let (data, http, url) = (data.clone(), http.clone(), url.clone());
+        tokio::spawn(async move {
+            let extra = ["--store", &url, "--heartbeat-interval", "1s"];
+            Controller::start_on(&data, "tcp://127.0.0.1:0", &http, &extra).await
+        })
+    };
+    let base = format!("http://{http}");
+    wait_until(
+        "healthz answers before the server is there",
+        WAIT,
+        || async {
+            let (status, _) = healthz(&base).await?;
+            Ok((status == 503).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // A replica set: the controller's batches are transactions.
+    let mut server =
+        qs_tests::mongodb::MongoServer::start(&dir.path().join("mongo"), mongo_port, true)
+            .await
+            .unwrap();
+    let controller = starting.await.unwrap().unwrap();
+    assert_eq!(healthz(&base).await.unwrap().0, 200);
+    let first = simulated_servers(5, 0x61).unwrap();
+    let first_ids: Vec<String> = first.iter().map(|s| s.id.to_string()).collect();
+    let fleet = Fleet::start(
+        &controller.agents,
+        first,
+        Duration::ZERO,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    wait_until("the first agents registered", WAIT, || async {
+        Ok((fleet.registered() == first_ids.len()).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Lost mid-run.
+    server.kill();
+    let degraded = wait_until("healthz reports the lost server", WAIT, || async {
+        let (status, health) = healthz(&base).await?;
+        Ok((status == 503 && health["store"]["state"] == "degraded").then_some(health))
+    })
+    .await
+    .unwrap();
+    assert_eq!(degraded["store"]["location"], json!(url), "{degraded}");
+
+    // Back: recovered without a restart; new agents register, the first ones are all there.
+    server.restart().await.unwrap();
+    wait_until("healthz reports the store ok again", WAIT, || async {
+        let (status, _) = healthz(&base).await?;
+        Ok((status == 200).then_some(()))
+    })
+    .await
+    .unwrap();
+    let second = simulated_servers(5, 0x62).unwrap();
+    let second_ids: Vec<String> = second.iter().map(|s| s.id.to_string()).collect();
+    let late = Fleet::start(
+        &controller.agents,
+        second,
+        Duration::ZERO,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    wait_until(
+        "every agent registered after the server returned",
+        WAIT,
+        || async {
+            let ids = registered_ids(&controller).await;
+            let missing = first_ids
+                .iter()
+                .chain(&second_ids)
+                .filter(|id| !ids.contains(id))
+                .count();
+            Ok((missing == 0).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    for id in &first_ids {
+        let (status, doc) = controller
+            .get(&format!("/api/v1/inventory/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{id} lost: {doc}");
+        assert!(doc["dmi"].is_object(), "{id}: {doc}");
+    }
+    late.stop().await;
+    fleet.stop().await;
+    controller.kill().await.unwrap();
+}

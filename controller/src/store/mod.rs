@@ -371,10 +371,10 @@ impl Store {
         )))
     }
 
-    /// Opens the store `qs serve` was given. A MongoDB server that cannot be reached yet is
-    /// waited for (retried with backoff, each failure logged with the URL, password removed);
-    /// a malformed URL fails at once. Starts the health watcher that retries a degraded store
-    /// in the background, so it recovers without a request.
+    /// Opens the store `qs serve` was given, without waiting for a MongoDB server to answer (a
+    /// malformed URL fails at once; [`Store::wait_until_healthy`] waits). Starts the health
+    /// watcher that retries a degraded store in the background, so it recovers without a
+    /// request.
     pub async fn open_for_serve(
         location: &StoreLocation,
         data_dir: &Path,
@@ -382,21 +382,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let store = match location {
             StoreLocation::Embedded => Self::open_embedded_with(data_dir, options)?,
-            StoreLocation::MongoDb(url) => {
-                let store = Self::open_mongodb(url, options).await?;
-                let mut wait = std::time::Duration::from_millis(500);
-                loop {
-                    match store.health().await {
-                        Health::Ok => break,
-                        Health::Degraded { reason, .. } => {
-                            tracing::error!(store = %store.describe(), %reason, retry_in = ?wait, "cannot reach the MongoDB store; retrying");
-                            tokio::time::sleep(wait).await;
-                            wait = (wait * 2).min(std::time::Duration::from_secs(10));
-                        }
-                    }
-                }
-                store
-            }
+            StoreLocation::MongoDb(url) => Self::open_mongodb(url, options).await?,
         };
         let watched = store.clone();
         tokio::spawn(async move {
@@ -418,6 +404,22 @@ impl Store {
             }
         });
         Ok(store)
+    }
+
+    /// Returns once the store works, retrying with backoff; each failure is logged with the
+    /// store's location (a MongoDB URL without its password).
+    pub async fn wait_until_healthy(&self) {
+        let mut wait = std::time::Duration::from_millis(500);
+        loop {
+            match self.health().await {
+                Health::Ok => return,
+                Health::Degraded { reason, .. } => {
+                    tracing::error!(store = %self.describe(), %reason, retry_in = ?wait, "cannot use the store; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        }
     }
 
     /// Where the store is, for messages (a MongoDB URL without its password).
