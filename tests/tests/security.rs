@@ -1323,3 +1323,68 @@ async fn only_an_admin_calls_a_destructive_capability() {
     assert_eq!(call(operator.trim().to_owned(), "look").await, 504);
     assert_eq!(call(controller.token.clone(), "erase").await, 504);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_sharing_a_mongodb_share_tokens_and_enrollment() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let url = format!(
+        "{}/qs_shared_security_{}",
+        qs_tests::test_mongodb_uri().unwrap().trim_end_matches('/'),
+        std::process::id()
+    );
+    let shared = ["--store", url.as_str(), "--enroll", "approve"];
+    let a = Controller::start(a_dir.path(), &shared).await.unwrap();
+    // The second controller finds tokens in the store and makes no admin token of its own:
+    // the operator brings the one they have.
+    std::fs::copy(
+        a_dir.path().join("admin.token"),
+        b_dir.path().join("admin.token"),
+    )
+    .unwrap();
+    let b = Controller::start(b_dir.path(), &shared).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(b_dir.path().join("admin.token")).unwrap(),
+        std::fs::read_to_string(a_dir.path().join("admin.token")).unwrap()
+    );
+
+    // A token made on one works on the other, and its revocation reaches it.
+    let (ok, viewer, err) = a
+        .cli(&["tokens", "create", "--role", "viewer"])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let viewer = viewer.trim();
+    assert_eq!(status_as(&b, viewer, "GET", "/api/v1/agents").await, 200);
+    let (ok, _, err) = a
+        .cli(&["tokens", "revoke", viewer.split('_').nth(1).unwrap()])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    wait_until(
+        "the revocation reached the other controller",
+        WAIT,
+        || async {
+            Ok((status_as(&b, viewer, "GET", "/api/v1/agents").await == 401).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    // An agent pending on one is approved on the other.
+    let id = peer_id(61);
+    let mut peer = SecurePeer::connect(&b.agents, &id).await.unwrap();
+    peer.send(&register(&id, json!({}))).await.unwrap();
+    assert!(matches!(
+        reply_within(&mut peer, WAIT).await.map(|r| r.body),
+        Some(Body::Error(qs_proto::ErrorBody {
+            code: qs_proto::ErrorCode::EnrollmentPending,
+            ..
+        }))
+    ));
+    let pending = cli_json(&a, &["agents", "pending", "--json"]).await;
+    assert_eq!(pending[0]["mercury_id"], id.as_str(), "{pending}");
+    let (ok, _, err) = a.cli(&["agents", "approve", &id]).await.unwrap();
+    assert!(ok, "{err}");
+    peer.send(&register(&id, json!({}))).await.unwrap();
+    assert!(is_registered(&reply_within(&mut peer, WAIT).await));
+}
