@@ -70,17 +70,34 @@ pub enum Change {
         inventory: Value,
         /// The `agent` subdocument.
         agent: Value,
+        /// When the agent collected it (RFC 3339, agent clock), if it said.
+        collected_at: Option<String>,
     },
     /// A whole inventory replacing the stored one.
     Replace {
         /// The inventory.
         inventory: Value,
+        /// When the agent collected it, if it said.
+        collected_at: Option<String>,
     },
     /// An RFC 6902 patch against the stored inventory.
     Patch {
         /// The patch.
         patch: json_patch::Patch,
+        /// When the agent collected the inventory the patch makes, if it said.
+        collected_at: Option<String>,
     },
+}
+
+impl Change {
+    /// When the agent collected the inventory this change makes, if it said.
+    fn collected_at(&self) -> Option<String> {
+        match self {
+            Change::Register { collected_at, .. }
+            | Change::Replace { collected_at, .. }
+            | Change::Patch { collected_at, .. } => collected_at.clone(),
+        }
+    }
 }
 
 /// The stored inventory before and after a change (without the `agent` subdocument).
@@ -207,14 +224,30 @@ async fn commit(store: &Store, config: &IngestConfig, counters: &Counters, batch
                 }
             },
         };
+        let collected_at = request.change.collected_at();
         let (change, agent) = match request.change {
-            Change::Register { inventory, agent } => (Change::Replace { inventory }, Some(agent)),
+            Change::Register {
+                inventory,
+                agent,
+                collected_at,
+            } => (
+                Change::Replace {
+                    inventory,
+                    collected_at,
+                },
+                Some(agent),
+            ),
             other => (other, None),
         };
         match prepare(&request.id, previous.as_deref(), change, &config.limits) {
             Ok(mut current) => {
-                // `schema` and `received_at` are stamped where the new document is made.
+                // `schema` and `received_at` are stamped where the new document is made, with
+                // the agent's `collected_at` (an earlier collection's time never stays on).
                 crate::store::document::stamp(&mut current);
+                match collected_at {
+                    Some(at) => current.insert("collected_at".into(), Value::String(at)),
+                    None => current.remove("collected_at"),
+                };
                 let current = Arc::new(current);
                 overlay.insert(request.id.clone(), current.clone());
                 writes.push(Write::Inventory {
@@ -276,11 +309,11 @@ pub fn prepare(
     limits: &DocumentLimits,
 ) -> Result<Map<String, Value>, IngestError> {
     let mut doc = match change {
-        Change::Register { inventory, .. } | Change::Replace { inventory } => match inventory {
+        Change::Register { inventory, .. } | Change::Replace { inventory, .. } => match inventory {
             Value::Object(map) => map,
             _ => return Err(IngestError::NotADocument),
         },
-        Change::Patch { patch } => {
+        Change::Patch { patch, .. } => {
             let mut doc = Value::Object(previous.cloned().unwrap_or_default());
             // json_patch::patch is all-or-nothing: a failed operation leaves it unchanged.
             json_patch::patch(&mut doc, &patch).map_err(IngestError::PatchFailed)?;
@@ -344,6 +377,7 @@ mod tests {
             None,
             Change::Replace {
                 inventory: json!({"mercury_id": "forged", "agent": {"online": true}, "mem": {"total": 1}}),
+                collected_at: None,
             },
             &DocumentLimits::default(),
         )
@@ -362,7 +396,10 @@ mod tests {
         let doc = prepare(
             &id(),
             Some(&previous),
-            Change::Patch { patch },
+            Change::Patch {
+                patch,
+                collected_at: None,
+            },
             &DocumentLimits::default(),
         )
         .unwrap();
@@ -376,7 +413,10 @@ mod tests {
             prepare(
                 &id(),
                 Some(&previous),
-                Change::Patch { patch: bad },
+                Change::Patch {
+                    patch: bad,
+                    collected_at: None,
+                },
                 &DocumentLimits::default()
             ),
             Err(IngestError::PatchFailed(_))
@@ -390,7 +430,11 @@ mod tests {
             max_nodes: 100,
         };
         let refused = |inventory: Value| {
-            prepare(&id(), None, Change::Replace { inventory }, &limits).unwrap_err()
+            let change = Change::Replace {
+                inventory,
+                collected_at: None,
+            };
+            prepare(&id(), None, change, &limits).unwrap_err()
         };
         assert!(matches!(refused(json!([1, 2])), IngestError::NotADocument));
         let mut deep = json!(1);
@@ -420,6 +464,7 @@ mod tests {
                 &id(),
                 Change::Replace {
                     inventory: json!({"n": 1}),
+                    collected_at: Some("2026-12-01T10:00:00Z".into()),
                 },
             )
             .await
@@ -436,6 +481,7 @@ mod tests {
                         Change::Register {
                             inventory: json!({"n": i}),
                             agent: json!({"online": true}),
+                            collected_at: None,
                         },
                     )
                     .await
@@ -447,9 +493,18 @@ mod tests {
         }
         let patch: json_patch::Patch =
             serde_json::from_value(json!([{"op": "replace", "path": "/n", "value": 2}])).unwrap();
-        let second = ingest.submit(&id(), Change::Patch { patch }).await.unwrap();
+        assert_eq!(first.current["collected_at"], "2026-12-01T10:00:00Z");
+        let change = Change::Patch {
+            patch,
+            collected_at: Some("2026-12-01T10:05:00Z".into()),
+        };
+        let second = ingest.submit(&id(), change).await.unwrap();
         assert_eq!(second.previous.unwrap()["n"], 1);
         assert_eq!(second.current["n"], 2);
+        // The stored document carries the agent's clock, and only the latest collection's.
+        let stored = store.get_inventory(id().as_str()).await.unwrap().unwrap();
+        assert_eq!(stored["collected_at"], "2026-12-01T10:05:00Z");
+        assert!(stored["received_at"].is_string());
         let all = qs_query::Query::from_request(&json!({})).unwrap();
         assert_eq!(store.find(&all).await.unwrap().len(), 51);
         // On this single-threaded runtime all 50 are queued before the worker runs: one

@@ -136,6 +136,7 @@ impl AgentProtocol {
                 }
                 let change = Change::Replace {
                     inventory: update.inventory,
+                    collected_at: update.collected_at,
                 };
                 let stored = self.ingest(conn, env.id, change).await;
                 if stored == Stored::Yes {
@@ -252,6 +253,7 @@ impl AgentProtocol {
         let change = Change::Register {
             inventory: register.inventory,
             agent,
+            collected_at: register.collected_at,
         };
         // The store first, then memory: a session exists only once its record is stored.
         match self.ingest(conn, msg_id, change).await {
@@ -344,7 +346,14 @@ impl AgentProtocol {
         }
         let operations = delta.patch.0.len();
         let stored = self
-            .ingest(conn, msg_id, Change::Patch { patch: delta.patch })
+            .ingest(
+                conn,
+                msg_id,
+                Change::Patch {
+                    patch: delta.patch,
+                    collected_at: delta.collected_at,
+                },
+            )
             .await;
         if stored == Stored::Yes {
             self.registry.set_inventory_version(conn, delta.version);
