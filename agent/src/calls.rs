@@ -34,6 +34,12 @@ const KEEP_FINISHED: usize = 256;
 const KEEP_FOR: Duration = Duration::from_secs(3600);
 /// Call ids remembered to refuse duplicates.
 const REMEMBER_IDS: usize = 65_536;
+/// Encoded bytes of finished results kept (and so reported in `Register`, which must stay far
+/// below the 16 MiB frame limit): beyond it, the oldest results are slimmed (delivered ones
+/// first), their long strings cut to their start and end.
+const KEEP_BYTES: usize = 8 * 1024 * 1024;
+/// A string longer than this in a slimmed result keeps its first and last bytes only.
+const SLIM_STRING: usize = 4096;
 /// Largest output chunk sent.
 pub const CHUNK: usize = 64 * 1024;
 /// How often buffered output is sent.
@@ -109,6 +115,10 @@ struct Finished {
     result: CallResult,
     /// Handed to a registered session (so no need to send it again when one registers).
     sent: bool,
+    /// The result's encoded size.
+    size: usize,
+    /// Whether long strings of the result were cut to keep the table small.
+    slimmed: bool,
 }
 
 #[derive(Default)]
@@ -117,6 +127,8 @@ struct Inner {
     finished: VecDeque<Finished>,
     seen: HashSet<MessageId>,
     seen_order: VecDeque<MessageId>,
+    /// Sum of the finished results' sizes.
+    kept_bytes: usize,
 }
 
 /// Running and recently finished calls of this agent process.
@@ -125,6 +137,7 @@ pub struct CallTable {
     keep: usize,
     keep_for: Duration,
     remember: usize,
+    keep_bytes: usize,
 }
 
 impl Default for CallTable {
@@ -147,7 +160,14 @@ impl CallTable {
             keep,
             keep_for,
             remember: remember.max(keep),
+            keep_bytes: KEEP_BYTES,
         }
+    }
+
+    /// Keeps at most `bytes` of encoded results before slimming the oldest.
+    pub fn with_byte_budget(mut self, bytes: usize) -> Self {
+        self.keep_bytes = bytes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -224,6 +244,8 @@ impl CallTable {
         let Some(running) = inner.running.remove(&id) else {
             return;
         };
+        let size = encoded_len(&result);
+        inner.kept_bytes += size;
         inner.finished.push_back(Finished {
             id,
             capability: running.capability,
@@ -232,8 +254,33 @@ impl CallTable {
             at: Instant::now(),
             result,
             sent,
+            size,
+            slimmed: false,
         });
         self.prune(&mut inner);
+        self.shrink(&mut inner);
+    }
+
+    /// Slims the oldest results, delivered ones first, until they fit the byte budget.
+    fn shrink(&self, inner: &mut Inner) {
+        while inner.kept_bytes > self.keep_bytes {
+            let next = inner
+                .finished
+                .iter()
+                .position(|f| !f.slimmed && f.sent)
+                .or_else(|| inner.finished.iter().position(|f| !f.slimmed));
+            let Some(at) = next else {
+                break;
+            };
+            let Some(f) = inner.finished.get_mut(at) else {
+                break;
+            };
+            slim(&mut f.result);
+            f.slimmed = true;
+            let size = encoded_len(&f.result);
+            inner.kept_bytes = inner.kept_bytes - f.size + size;
+            f.size = size;
+        }
     }
 
     /// Marks call `id`'s result as handed to a registered session.
@@ -265,7 +312,9 @@ impl CallTable {
                 .front()
                 .is_some_and(|f| f.at.elapsed() >= self.keep_for)
         {
-            inner.finished.pop_front();
+            if let Some(f) = inner.finished.pop_front() {
+                inner.kept_bytes -= f.size;
+            }
         }
     }
 
@@ -299,6 +348,62 @@ impl CallTable {
     /// How many calls are running.
     pub fn running(&self) -> usize {
         self.lock().running.len()
+    }
+}
+
+fn encoded_len(result: &CallResult) -> usize {
+    rmp_serde::to_vec_named(result).map_or(KEEP_BYTES, |bytes| bytes.len())
+}
+
+/// Cuts every long string in `value` to its first and last bytes; true if anything was cut.
+fn slim_value(value: &mut Value) -> bool {
+    match value {
+        Value::String(text) if text.len() > SLIM_STRING => {
+            let head_end = floor_char_boundary(text, SLIM_STRING / 4);
+            let tail_start = ceil_char_boundary(text, text.len() - SLIM_STRING * 3 / 4);
+            let omitted = tail_start - head_end;
+            *text = format!(
+                "{}\n[... {omitted} bytes omitted by the agent ...]\n{}",
+                &text[..head_end],
+                &text[tail_start..]
+            );
+            true
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |cut, v| slim_value(v) | cut),
+        Value::Object(map) => map.values_mut().fold(false, |cut, v| slim_value(v) | cut),
+        _ => false,
+    }
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Slims a kept result's output; an object that lost bytes says so (`truncated_by_agent`).
+fn slim(result: &mut CallResult) {
+    let values = [
+        match &mut result.outcome {
+            CallOutcome::Succeeded(value) => Some(value),
+            _ => None,
+        },
+        result.output.as_mut(),
+    ];
+    for value in values.into_iter().flatten() {
+        if slim_value(value) {
+            if let Value::Object(map) = value {
+                map.insert("truncated_by_agent".into(), Value::Bool(true));
+            }
+        }
     }
 }
 
@@ -657,6 +762,56 @@ mod tests {
         table.finish(MessageId(1), ok(1), true);
         assert!(table.records().is_empty());
         assert!(table.admit(MessageId(1), "run").is_err());
+    }
+
+    #[test]
+    fn kept_results_stay_within_the_byte_budget_slimming_delivered_ones_first() {
+        let big = |n: u64| CallResult {
+            outcome: CallOutcome::Failed(ErrorReport {
+                message: format!("command exited with status {n}"),
+                causes: Vec::new(),
+            }),
+            output: Some(serde_json::json!({
+                "exit_code": n,
+                "stdout": {"head": "é".repeat(6000), "tail": format!("{}END{n}", "x".repeat(9000))},
+            })),
+        };
+        let table = CallTable::new().with_byte_budget(40_000);
+        for n in 1..=3 {
+            table.admit(MessageId(n), "run").unwrap();
+        }
+        table.finish(MessageId(1), big(1), false);
+        table.finish(MessageId(2), big(2), true);
+        table.finish(MessageId(3), big(3), false);
+        let records = table.records();
+        let output = |i: usize| {
+            records[i]
+                .finished
+                .as_ref()
+                .unwrap()
+                .result
+                .output
+                .clone()
+                .unwrap()
+        };
+        // The delivered one went first and kept its shape, start and end.
+        let slimmed = output(1);
+        assert_eq!(slimmed["truncated_by_agent"], true);
+        assert_eq!(slimmed["exit_code"], 2);
+        let tail = slimmed["stdout"]["tail"].as_str().unwrap();
+        assert!(tail.len() < 5000 && tail.ends_with("END2") && tail.contains("bytes omitted"));
+        let head = slimmed["stdout"]["head"].as_str().unwrap();
+        assert!(head.starts_with('é') && head.len() < 5000);
+        // Then the oldest undelivered one; the newest stays whole.
+        assert_eq!(output(0)["truncated_by_agent"], true);
+        assert_eq!(output(2), big(3).output.unwrap());
+        let encoded: usize = records
+            .iter()
+            .map(|r| encoded_len(&r.finished.as_ref().unwrap().result))
+            .sum();
+        assert!(encoded <= 40_000, "{encoded}");
+        // Aging out gives the bytes back.
+        assert_eq!(table.lock().kept_bytes, encoded);
     }
 
     #[test]
