@@ -353,7 +353,14 @@ impl MongoStore {
             self.healthy();
             return Ok(());
         }
-        for _attempt in 0..TRANSACTION_ATTEMPTS {
+        let started = Instant::now();
+        for attempt in 0..TRANSACTION_ATTEMPTS {
+            if attempt > 0 {
+                if started.elapsed() > TRANSACTION_PATIENCE {
+                    break;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+            }
             session
                 .start_transaction()
                 .await
@@ -381,7 +388,8 @@ impl MongoStore {
             store: self.url.clone(),
             operation: "write",
             reason: format!(
-                "the transaction conflicted with other writers {TRANSACTION_ATTEMPTS} times"
+                "the transaction kept conflicting with other writers for {:?}",
+                started.elapsed()
             ),
         })
     }
@@ -784,8 +792,22 @@ impl MongoStore {
     }
 }
 
-/// How many times a batch's transaction is retried after a transient error.
-const TRANSACTION_ATTEMPTS: usize = 8;
+/// How many times a batch's transaction is tried when it keeps conflicting, and for how long
+/// at most (MongoDB's drivers give their own transaction helper 120 s).
+const TRANSACTION_ATTEMPTS: u32 = 64;
+const TRANSACTION_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The wait before trying a conflicting transaction again: growing, capped, and jittered so
+/// two controllers writing the same documents stop meeting each other.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = (5u64 << attempt.min(7)).min(500);
+    let jitter = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
 
 /// Why a write of a batch failed: the store's answer, or the driver's (kept whole so its
 /// labels tell whether the transaction can be retried).
