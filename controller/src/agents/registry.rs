@@ -28,6 +28,9 @@ use super::transport::{Connection, ConnectionId};
 use crate::store::{Store, StoreError, Write};
 use qs_query::{Query, QueryError};
 
+/// How far a stored `last_seen` may lag the agent's last sign of life.
+pub const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(60);
+
 /// Why the registry could not read or write agent state.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -330,10 +333,12 @@ impl Registry {
                     report.went_silent += 1;
                 }
             }
-            // `last_seen` is worth a write only when it moved by a good part of the timeout:
-            // an agent heartbeating every few seconds would otherwise be rewritten at every
-            // sweep, and 10,000 of them would keep the store busy with nothing new.
-            let every = self.config.timeout / 3;
+            // `last_seen` is worth a write only when it moved by a good part of the timeout
+            // and by a minute (four timeouts for very short ones): liveness lives in memory
+            // and `agent.online`, and rewriting 10,000 agent records at every heartbeat cost
+            // the controller a tenth of a core for nothing an operator reads.
+            let every =
+                (self.config.timeout / 3).max(LAST_SEEN_RESOLUTION.min(self.config.timeout * 4));
             for (id, s) in sessions.iter_mut().filter(|(_, s)| s.dirty) {
                 if s.record.last_seen - s.written_last_seen < every {
                     continue;
@@ -511,7 +516,7 @@ mod tests {
         {
             let mut sessions = reg.lock();
             let s = sessions.get_mut(c.identity()).unwrap();
-            s.written_last_seen -= time::Duration::milliseconds(40);
+            s.written_last_seen -= time::Duration::milliseconds(200);
         }
         assert!(reg.seen(&c));
         let report = reg.sweep().await.unwrap();
