@@ -46,6 +46,8 @@ pub const LOCAL_AGENT_TOKEN_TTL: Duration = Duration::from_secs(600);
 const PENDING_REFRESH: Duration = Duration::from_secs(5);
 /// An identity conflict is written at most this often per MercuryId (a flood stays in memory).
 const CONFLICT_REFRESH: Duration = Duration::from_secs(1);
+/// Expired boot tokens are looked for at most this often.
+const BOOT_TOKEN_PURGE: Duration = Duration::from_secs(600);
 
 /// Which agents `qs serve` admits without a boot token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -533,6 +535,35 @@ impl Enrollment {
         .await
     }
 
+    /// Removes boot tokens that expired, and (`superseded`) the unused ones bound to exactly
+    /// `binding`: a machine that PXE-boots again needs only its newest token, and anyone who
+    /// can reach `/boot/ipxe` can make it mint one, so they must not pile up.
+    async fn prune_boot_tokens(&self, superseded: Option<&Value>) -> Result<(), StoreError> {
+        let mut filters = Vec::new();
+        if !self.throttled("", "boot_token_purge", BOOT_TOKEN_PURGE) {
+            filters.push(json!({"expires": {"$lte": rfc3339(now())}}));
+        }
+        if let Some(binding) = superseded {
+            filters.push(json!({"binding": binding, "consumed": {"$exists": false}}));
+        }
+        let mut writes = Vec::new();
+        for filter in filters {
+            for old in self.find(Collection::BootTokens, filter).await? {
+                if let Some(id) = old.get("id").and_then(Value::as_str) {
+                    writes.push(Write::Record {
+                        collection: Collection::BootTokens,
+                        key: id.to_owned(),
+                        value: None,
+                    });
+                }
+            }
+        }
+        if !writes.is_empty() {
+            self.store.write_batch(writes).await?;
+        }
+        Ok(())
+    }
+
     /// Makes a one-time boot token bound to `mac` and/or `uuid` (or, with `local`, to whatever
     /// machine uses it: the agent `qs serve --local-agent` starts), valid for `ttl`; returns its
     /// record (without hash) and its secret, which is never stored.
@@ -568,6 +599,9 @@ impl Enrollment {
             if binding.is_empty() {
                 return Err(EnrollmentError::BadBinding("neither was given".into()));
             }
+        }
+        if let Err(error) = self.prune_boot_tokens(None).await {
+            warn!(error = %error, "expired boot tokens not removed");
         }
         let id = hex::encode(random(8)?);
         let secret = format!("qsb_{id}_{}", URL_SAFE_NO_PAD.encode(random(32)?));
@@ -639,6 +673,20 @@ impl<D: qs_boot::HostDirectory> qs_boot::HostDirectory for EnrollingHosts<D> {
     async fn enrollment_token(&self, ids: &Identifiers) -> Option<String> {
         if ids.mac.is_none() && ids.uuid.is_none() {
             return None;
+        }
+        let mut binding = Map::new();
+        if let Some(m) = &ids.mac {
+            binding.insert("mac".into(), m.clone().into());
+        }
+        if let Some(u) = &ids.uuid {
+            binding.insert("uuid".into(), u.to_ascii_lowercase().into());
+        }
+        if let Err(error) = self
+            .enrollment
+            .prune_boot_tokens(Some(&Value::Object(binding)))
+            .await
+        {
+            warn!(error = %error, "superseded boot tokens not removed");
         }
         match self
             .enrollment
@@ -846,6 +894,47 @@ mod tests {
             .create_boot_token(Some("zz"), None, false, BOOT_SCRIPT_TOKEN_TTL, "")
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn boot_scripts_keep_one_unused_token_per_machine_and_expired_ones_go() {
+        use qs_boot::HostDirectory as _;
+        #[derive(Clone)]
+        struct Nobody;
+        impl qs_boot::HostDirectory for Nobody {
+            async fn find(
+                &self,
+                _: &HostKey,
+            ) -> Result<Vec<qs_boot::KnownHost>, qs_boot::LookupError> {
+                Ok(Vec::new())
+            }
+        }
+        let (e, _dir) = rig(Policy::Approve);
+        let e = std::sync::Arc::new(e);
+        let hosts = EnrollingHosts::new(Nobody, e.clone());
+        let ids = Identifiers::from_raw(Some("52-54-00-12-34-56"), None, None);
+        let first = hosts.enrollment_token(&ids).await.unwrap();
+        let second = hosts.enrollment_token(&ids).await.unwrap();
+        assert_eq!(e.boot_tokens().await.unwrap().len(), 1);
+        // The superseded one no longer admits; the newest does.
+        assert!(matches!(
+            admit(&e, ID, "k1", Some(&first)).await,
+            Admission::Pending
+        ));
+        assert_eq!(
+            admit(&e, ID, "k1", Some(&second)).await,
+            Admission::Admit { via: "boot_token" }
+        );
+        // Expired tokens are removed when the next one is made.
+        e.create_boot_token(None, None, true, Duration::ZERO, "")
+            .await
+            .unwrap();
+        e.throttle.lock().unwrap().clear();
+        e.create_boot_token(None, None, true, BOOT_SCRIPT_TOKEN_TTL, "")
+            .await
+            .unwrap();
+        let all = e.find(Collection::BootTokens, json!({})).await.unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
     }
 
     #[tokio::test]
