@@ -328,7 +328,7 @@ async fn watch(api: &ApiClient, id: &str) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
     loop {
-        let job: Value = api.get(&format!("jobs/{id}")).await?;
+        let job: Value = api.get(&format!("jobs/{id}?tasks=false")).await?;
         let total = job["tasks"].as_u64().unwrap_or(0);
         let c = &job["counts"];
         let n = |s: &str| c.get(s).and_then(Value::as_u64).unwrap_or(0);

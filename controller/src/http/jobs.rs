@@ -202,13 +202,25 @@ fn task_summary(task: &TaskRecord) -> Value {
     })
 }
 
-/// `GET /api/v1/jobs/{id}`: the job, counts per state, every task's outcome, slowest hosts.
+/// `?tasks=false` of `GET /api/v1/jobs/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct ShowParams {
+    tasks: Option<bool>,
+}
+
+/// `GET /api/v1/jobs/{id}`: the job, counts per state, every task's outcome, slowest hosts;
+/// with `?tasks=false` the job and its counts only (from memory while it runs: what `qs jobs
+/// watch` polls, cheap at any fleet size).
 pub async fn show(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
+    UrlQuery(params): UrlQuery<ShowParams>,
 ) -> Result<Json<Value>, ApiError> {
     let job = visible_job(&state, &caller, &id).await?;
+    if params.tasks == Some(false) {
+        return Ok(Json(with_counts(&state, job)));
+    }
     let tasks = state
         .jobs
         .job_tasks(&id)

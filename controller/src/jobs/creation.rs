@@ -203,9 +203,17 @@ impl Jobs {
             || plan
                 .as_ref()
                 .is_some_and(|p| p.all_steps().any(|s| mentions(&s.args, "assets")));
+        let reads_inventory = mentions(&args, "inventory")
+            || plan
+                .as_ref()
+                .is_some_and(|p| p.all_steps().any(|s| mentions(&s.args, "inventory")));
         let mut find = json!({"filter": filter, "sort": {"mercury_id": 1}});
-        if !templated {
-            find["projection"] = json!({"mercury_id": 1, "agent": 1});
+        // Whole documents only when a template reads them (10,000 inventories are costly to
+        // decode); asset sets are found by MercuryId and serials.
+        if !reads_inventory {
+            find["projection"] = json!({
+                "mercury_id": 1, "agent": 1, "dmi.product_serial": 1, "dmi.chassis_serial": 1
+            });
         }
         let query = qs_query::Query::from_request(&find)
             .map_err(|e| JobError::BadRequest(format!("bad query: {e}")))?;
@@ -249,8 +257,7 @@ impl Jobs {
                 });
                 continue;
             };
-            let context =
-                templated.then(|| qs_plans::HostContext::new(&host, doc, host_assets));
+            let context = templated.then(|| qs_plans::HostContext::new(&host, doc, host_assets));
             let render = |args: &Value| -> Result<Value, JobError> {
                 match &context {
                     Some(ctx) if has_templates(args) => qs_plans::render_args(args, ctx.as_value())

@@ -106,6 +106,8 @@ pub(super) struct ActiveTask {
 pub(super) struct ActiveJob {
     pub record: JobRecord,
     pub counts: HashMap<TaskState, u64>,
+    /// Every task ended; the job is being written as finished.
+    pub settling: bool,
 }
 
 #[derive(Default)]
@@ -130,6 +132,8 @@ pub struct Jobs {
     job_seq: AtomicU32,
     events: broadcast::Sender<TaskEvent>,
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// This engine, for the tasks it spawns.
+    me: std::sync::OnceLock<std::sync::Weak<Jobs>>,
 }
 
 /// RFC 3339 now, controller clock.
@@ -158,7 +162,9 @@ impl Jobs {
             job_seq: AtomicU32::new(0),
             events,
             host_locks: Mutex::new(HashMap::new()),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = jobs.me.set(Arc::downgrade(&jobs));
         dispatcher.set_observer(jobs.clone());
         jobs
     }
@@ -234,6 +240,7 @@ impl Jobs {
                 ActiveJob {
                     record: job,
                     counts,
+                    settling: false,
                 },
             );
         }
@@ -265,9 +272,7 @@ impl Jobs {
                 serde_json::to_value(&record).ok(),
             );
             if let Some(job) = job_finished {
-                self.writer
-                    .put(Collection::Jobs, &job.id, serde_json::to_value(&job).ok());
-                info!(job = %job.id, state = job.state.name(), "job finished");
+                self.settle(job);
             }
         } else {
             drop(active);
@@ -280,14 +285,14 @@ impl Jobs {
         Some(out)
     }
 
-    /// Moves the per-job counts; when the task's job has no unfinished task left, finishes
-    /// the job and returns its final record.
+    /// Moves the per-job counts; when the task's job has no unfinished task left (the first
+    /// time), returns the job's id so it can be settled.
     fn count_transition(
         &self,
         active: &mut Active,
         record: &TaskRecord,
         before: TaskState,
-    ) -> Option<JobRecord> {
+    ) -> Option<String> {
         let job = active.jobs.get_mut(&record.job)?;
         if before != record.state {
             if let Some(n) = job.counts.get_mut(&before) {
@@ -301,15 +306,44 @@ impl Jobs {
             .filter(|(s, _)| !s.is_final())
             .map(|(_, n)| n)
             .sum();
-        if unfinished > 0 {
+        if unfinished > 0 || job.settling {
             return None;
         }
-        job.record.state = final_state(&job.record, &job.counts);
-        job.record.finished_at = Some(now());
-        job.record.outcome = Some(counts_value(&job.counts));
-        let finished = job.record.clone();
-        active.jobs.remove(&record.job);
-        Some(finished)
+        job.settling = true;
+        Some(record.job.clone())
+    }
+
+    /// Finishes a job whose tasks all ended, once their records are durable: a job is shown
+    /// finished only when every result it counts is stored (a slow store lags memory).
+    fn settle(&self, job_id: String) {
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(error) = me.writer.durable().await {
+                warn!(job = %job_id, error = %error, "task records of a finished job not confirmed stored");
+            }
+            let finished = {
+                let mut active = me.active();
+                let Some(job) = active.jobs.get_mut(&job_id) else {
+                    return;
+                };
+                job.record.state = final_state(&job.record, &job.counts);
+                job.record.finished_at = Some(now());
+                job.record.outcome = Some(counts_value(&job.counts));
+                job.record.clone()
+            };
+            me.writer.put(
+                Collection::Jobs,
+                &finished.id,
+                serde_json::to_value(&finished).ok(),
+            );
+            if let Err(error) = me.writer.durable().await {
+                warn!(job = %job_id, error = %error, "finished job record not confirmed stored");
+            }
+            me.active().jobs.remove(&job_id);
+            info!(job = %finished.id, state = finished.state.name(), "job finished");
+        });
     }
 
     fn announce(&self, record: &TaskRecord) {
