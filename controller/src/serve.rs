@@ -351,17 +351,19 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         counters.clone(),
         ingest_shutdown.clone(),
     );
-    let protocol = Arc::new(AgentProtocol::new(
-        ProtocolConfig {
-            max_frame: config.max_frame,
-            heartbeat_interval: config.heartbeat_interval,
-        },
-        counters.clone(),
-        registry.clone(),
-        ingest,
-        dispatcher.clone(),
-    )
-    .with_enrollment(enrollment.clone()));
+    let protocol = Arc::new(
+        AgentProtocol::new(
+            ProtocolConfig {
+                max_frame: config.max_frame,
+                heartbeat_interval: config.heartbeat_interval,
+            },
+            counters.clone(),
+            registry.clone(),
+            ingest,
+            dispatcher.clone(),
+        )
+        .with_enrollment(enrollment.clone()),
+    );
 
     let agent_listener = TcpListener::bind(config.agents)
         .await
