@@ -117,13 +117,23 @@ impl Filter {
     /// The top-level fields the filter reads: a document cut down to these fields (each kept
     /// whole) matches exactly when the whole document does, so a store can decode only them.
     pub fn top_level_fields(&self) -> BTreeSet<String> {
+        self.paths()
+            .into_iter()
+            .map(|p| p.split('.').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The dotted paths the filter tests (`$elemMatch` conditions read inside the value at
+    /// their path): a document keeping everything along each path, and each path's value
+    /// whole, matches exactly when the whole document does.
+    pub fn paths(&self) -> BTreeSet<String> {
         fn visit(e: &Expr, out: &mut BTreeSet<String>) {
             match e {
                 Expr::And(parts) | Expr::Or(parts) | Expr::Nor(parts) => {
                     parts.iter().for_each(|p| visit(p, out))
                 }
                 Expr::Field(path, _) => {
-                    out.insert(path.0.first().cloned().unwrap_or_default());
+                    out.insert(path.0.join("."));
                 }
             }
         }

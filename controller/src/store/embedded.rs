@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::history::HistoryEntry;
 use super::index::{self, Part};
+use super::msgpack::Need;
 use super::{document, Collection, Health, StoreError, StoreOptions, Write};
 use qs_query::{Count, Distinct, Pipeline, Query};
 
@@ -914,10 +915,10 @@ impl EmbeddedStore {
     pub fn find(&self, query: &Query) -> Result<Vec<Value>, StoreError> {
         let read = self.read()?;
         let keep = |d: &Value| query.filter.matches(d);
-        let test = Some(query.filter.top_level_fields());
+        let test = Need::of_paths(query.filter.paths().iter().map(String::as_str));
         let limited = matches!(query.limit, Some(n) if n > 0);
         let sort_fields = match (&query.sort, limited) {
-            (Some(sort), true) => Some(top_fields_of_keys(sort.document())),
+            (Some(sort), true) => Some(sort_paths(sort.document())),
             _ => None,
         };
         let Some(sort_fields) = sort_fields else {
@@ -934,7 +935,7 @@ impl EmbeddedStore {
         let scan = Scan {
             test,
             keep: &keep,
-            out: Output::Fields(sort_fields),
+            out: Output::Cut(sort_fields),
         };
         let best = self.collect_top_by(
             query,
@@ -965,7 +966,7 @@ impl EmbeddedStore {
         }
         let keep = |d: &Value| count.filter.matches(d);
         let scan = Scan {
-            test: Some(count.filter.top_level_fields()),
+            test: Need::of_paths(count.filter.paths().iter().map(String::as_str)),
             keep: &keep,
             out: Output::Nothing,
         };
@@ -1028,13 +1029,11 @@ impl EmbeddedStore {
     /// fields and the path's top-level field are decoded.
     pub fn distinct(&self, distinct: &Distinct) -> Result<Vec<Value>, StoreError> {
         let read = self.read()?;
-        // The path's top-level field whole: positions (`disks.0.dev`) are the distinct's to read.
-        let top = distinct.path().split('.').next().unwrap_or_default();
         let keep = |d: &Value| distinct.filter().matches(d);
         let scan = Scan {
-            test: Some(distinct.filter().top_level_fields()),
+            test: Need::of_paths(distinct.filter().paths().iter().map(String::as_str)),
             keep: &keep,
-            out: Output::Fields(BTreeSet::from([top.to_owned()])),
+            out: Output::Cut(Need::of_paths([distinct.path()])),
         };
         let mut kept = Vec::new();
         self.each(&read, distinct.filter().document(), &scan, |_, doc| {
@@ -1083,15 +1082,11 @@ impl EmbeddedStore {
         // tail that ends in `$group`/`$count` and names its fields.
         let only_matches = stages[..split].iter().all(|s| s.get("$match").is_some());
         let wanted = match (&narrow, only_matches) {
-            (Some(fields), true) => {
-                let mut all = fields.clone();
+            (Some(paths), true) => {
+                let mut all = paths.clone();
                 for s in &stages[..split] {
                     if let Some(m) = s.get("$match") {
-                        all.extend(
-                            qs_query::Filter::parse(m)
-                                .map_err(refused)?
-                                .top_level_fields(),
-                        );
+                        all.extend(qs_query::Filter::parse(m).map_err(refused)?.paths());
                     }
                 }
                 Some(all)
@@ -1099,18 +1094,28 @@ impl EmbeddedStore {
             _ => None,
         };
         let scan = Scan {
-            test: first_match.as_ref().map(|m| m.top_level_fields()),
+            test: match &first_match {
+                Some(m) => Need::of_paths(m.paths().iter().map(String::as_str)),
+                None => Need::Fields(Default::default()),
+            },
             keep: &keep,
-            out: match wanted {
-                Some(fields) => Output::Fields(fields),
+            out: match &wanted {
+                Some(paths) => Output::Cut(Need::of_paths(paths.iter().map(String::as_str))),
                 None => Output::Whole,
             },
         };
+        // Documents the head hands on whole are cut down to the fields the tail reads.
+        let tops: Option<BTreeSet<String>> = narrow.as_ref().map(|paths| {
+            paths
+                .iter()
+                .map(|p| p.split('.').next().unwrap_or_default().to_owned())
+                .collect()
+        });
         let read = self.read()?;
         self.each(&read, &index_filter, &scan, |_, doc| {
             for out in head.run(std::iter::once(&doc)) {
-                kept.push(match (&narrow, out) {
-                    (Some(fields), Value::Object(m)) => {
+                kept.push(match (&tops, out) {
+                    (Some(fields), Value::Object(m)) if wanted.is_none() => {
                         Value::Object(m.into_iter().filter(|(k, _)| fields.contains(k)).collect())
                     }
                     (_, out) => out,
@@ -1122,7 +1127,7 @@ impl EmbeddedStore {
     }
 }
 
-/// The top-level fields the rest of a pipeline can read, when it ends its use of whole
+/// The paths the rest of a pipeline can read, when it ends its use of whole
 /// documents in a `$group` or `$count` (before which only `$match`, `$sort`, `$skip` and `$limit`
 /// run); `None` when documents may reach the output whole, or `$$ROOT`-like variables are used.
 fn referenced_fields(stages: &[Value]) -> Option<BTreeSet<String>> {
@@ -1130,12 +1135,12 @@ fn referenced_fields(stages: &[Value]) -> Option<BTreeSet<String>> {
         match v {
             Value::String(s) if s.starts_with("$$") => *whole = true,
             Value::String(s) if s.starts_with('$') => {
-                out.insert(s[1..].split('.').next().unwrap_or("").to_owned());
+                out.insert(s[1..].to_owned());
             }
             Value::Object(m) => {
                 for (k, v) in m {
                     if !k.starts_with('$') {
-                        out.insert(k.split('.').next().unwrap_or("").to_owned());
+                        out.insert(k.clone());
                     }
                     visit(v, out, whole);
                 }
@@ -1312,8 +1317,8 @@ type Keep<'a> = &'a (dyn Fn(&Value) -> bool + Sync);
 
 /// What a scan decodes of each document and hands on for a match.
 struct Scan<'a> {
-    /// The top-level fields `keep` reads (`None`: the whole document).
-    test: Option<BTreeSet<String>>,
+    /// What of each document `keep` reads.
+    test: Need,
     /// The test.
     keep: Keep<'a>,
     /// What a match is handed on as.
@@ -1324,21 +1329,19 @@ struct Scan<'a> {
 enum Output {
     /// The whole merged document.
     Whole,
-    /// Only these top-level fields of it.
-    Fields(BTreeSet<String>),
+    /// The document cut as this says.
+    Cut(Need),
     /// Nothing (`null`): the caller counts.
     Nothing,
 }
 
-/// The top-level fields of the paths a document's keys name (a sort document).
-fn top_fields_of_keys(doc: &Value) -> BTreeSet<String> {
-    doc.as_object()
-        .map(|m| {
-            m.keys()
-                .map(|k| k.split('.').next().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The paths a sort document sorts on.
+fn sort_paths(doc: &Value) -> Need {
+    Need::of_paths(
+        doc.as_object()
+            .into_iter()
+            .flat_map(|m| m.keys().map(String::as_str)),
+    )
 }
 
 /// One document's stored parts, undecoded: inventory, agent, boot.
@@ -1358,25 +1361,34 @@ impl Raw {
         Ok(merge(&self.id, part(0)?, part(1)?, part(2)?))
     }
 
-    /// The merged document cut down to `wanted` top-level fields, decoding nothing else: as
-    /// [`Raw::decode`] followed by dropping the other fields, for a document whose stored
-    /// schema needs no conversion (others are decoded whole first).
-    fn fields(&self, wanted: &BTreeSet<String>) -> Result<Value, StoreError> {
+    /// The merged document cut as `need` says, decoding nothing else: what [`Raw::decode`]
+    /// gives, less what `need` leaves out, for a document whose stored schema needs no
+    /// conversion (others are decoded whole first). `agent` and `boot` come whole when named.
+    fn cut(&self, need: &Need) -> Result<Value, StoreError> {
+        let Need::Fields(top) = need else {
+            return self.decode();
+        };
         let corrupt = |e: super::msgpack::PartialError| StoreError::Corrupt {
             id: self.id.clone(),
             reason: e.to_string(),
         };
         let mut doc = match &self.parts[0] {
             Some(bytes) => {
-                let mut read = wanted.clone();
-                read.insert("schema".into());
-                let mut m = super::msgpack::fields(bytes, &read).map_err(corrupt)?;
-                let schema = m.get("schema").and_then(Value::as_u64).unwrap_or(0);
-                if document::needs_upgrade(schema) {
-                    return Ok(only(self.decode()?, wanted));
-                }
-                if !wanted.contains("schema") {
-                    m.remove("schema");
+                let mut m = super::msgpack::pruned_fields(bytes, top).map_err(corrupt)?;
+                if !top.contains_key("schema") {
+                    // Cheap to look at (a few bytes), and it says whether the cut is exact.
+                    let schema = super::msgpack::pruned_fields(bytes, &SCHEMA_ONLY)
+                        .map_err(corrupt)?
+                        .get("schema")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    if document::needs_upgrade(schema) {
+                        return Ok(cut_value(self.decode()?, need));
+                    }
+                } else if document::needs_upgrade(
+                    m.get("schema").and_then(Value::as_u64).unwrap_or(0),
+                ) {
+                    return Ok(cut_value(self.decode()?, need));
                 }
                 m.remove("agent");
                 m.remove("boot");
@@ -1384,11 +1396,11 @@ impl Raw {
             }
             None => Map::new(),
         };
-        if wanted.contains("mercury_id") && !doc.contains_key("mercury_id") {
+        if top.contains_key("mercury_id") && !doc.contains_key("mercury_id") {
             doc.insert("mercury_id".into(), Value::String(self.id.clone()));
         }
         for (i, name) in [(1, "agent"), (2, "boot")] {
-            if let (true, Some(bytes)) = (wanted.contains(name), &self.parts[i]) {
+            if let (true, Some(bytes)) = (top.contains_key(name), &self.parts[i]) {
                 doc.insert(name.into(), decode_doc(&self.id, bytes)?);
             }
         }
@@ -1396,13 +1408,22 @@ impl Raw {
     }
 }
 
-/// A document's `wanted` top-level fields.
-fn only(doc: Value, wanted: &BTreeSet<String>) -> Value {
-    match doc {
-        Value::Object(m) => {
-            Value::Object(m.into_iter().filter(|(k, _)| wanted.contains(k)).collect())
+static SCHEMA_ONLY: std::sync::LazyLock<std::collections::BTreeMap<String, Need>> =
+    std::sync::LazyLock::new(|| [("schema".to_owned(), Need::Whole)].into());
+
+/// A decoded value cut as `need` says (for documents decoded whole first).
+fn cut_value(v: Value, need: &Need) -> Value {
+    match (need, v) {
+        (Need::Whole, v) => v,
+        (Need::Fields(f), Value::Object(m)) => Value::Object(
+            m.into_iter()
+                .filter_map(|(k, v)| f.get(&k).map(|n| (k, cut_value(v, n))))
+                .collect(),
+        ),
+        (Need::Fields(_), Value::Array(items)) => {
+            Value::Array(items.into_iter().map(|i| cut_value(i, need)).collect())
         }
-        other => other,
+        (_, v) => v,
     }
 }
 
@@ -1413,19 +1434,16 @@ fn matching(batch: &[Raw], scan: &Scan<'_>) -> Result<Vec<(usize, Value)>, Store
     let run = |offset: usize, part: &[Raw]| -> Result<Vec<(usize, Value)>, StoreError> {
         let mut out = Vec::new();
         for (i, raw) in part.iter().enumerate() {
-            let tested = match &scan.test {
-                Some(fields) => raw.fields(fields)?,
-                None => raw.decode()?,
-            };
+            let tested = raw.cut(&scan.test)?;
             if !(scan.keep)(&tested) {
                 continue;
             }
-            let doc = match (&scan.out, &scan.test) {
-                (Output::Nothing, _) => Value::Null,
-                (Output::Whole, None) => tested,
-                (Output::Whole, Some(_)) => raw.decode()?,
-                (Output::Fields(f), Some(t)) if f.is_subset(t) => only(tested, f),
-                (Output::Fields(f), _) => raw.fields(f)?,
+            let doc = match &scan.out {
+                Output::Nothing => Value::Null,
+                Output::Whole if scan.test == Need::Whole => tested,
+                Output::Whole => raw.decode()?,
+                Output::Cut(n) if *n == scan.test => tested,
+                Output::Cut(n) => raw.cut(n)?,
             };
             out.push((offset + i, doc));
         }

@@ -148,11 +148,145 @@ pub fn fields(bytes: &[u8], wanted: &BTreeSet<String>) -> Result<Map<String, Val
     Ok(out)
 }
 
+/// What of a value a reader needs: all of it, or some fields of the documents in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The value whole.
+    Whole,
+    /// Of a document, these fields (each as its `Need` says); of an array, each element cut
+    /// the same way (positions kept); anything else whole.
+    Fields(std::collections::BTreeMap<String, Need>),
+}
+
+impl Need {
+    /// What reading these dotted paths needs: everything along each path, each path's value
+    /// whole. A path with a numeric component (an array position) keeps the value where the
+    /// component starts whole, so positions in nested arrays stay as they were.
+    pub fn of_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Need {
+        let mut root = Need::Fields(Default::default());
+        for path in paths {
+            let parts: Vec<&str> = path.split('.').collect();
+            let mut at = &mut root;
+            for (i, part) in parts.iter().enumerate() {
+                if part.bytes().all(|b| b.is_ascii_digit()) {
+                    *at = Need::Whole;
+                    break;
+                }
+                let Need::Fields(fields) = at else { break };
+                let next = fields
+                    .entry((*part).to_owned())
+                    .or_insert_with(|| Need::Fields(Default::default()));
+                if i + 1 == parts.len() {
+                    *next = Need::Whole;
+                    break;
+                }
+                at = next;
+            }
+        }
+        root
+    }
+}
+
+/// Decodes one value as `need` says, skipping what it does not need.
+fn pruned(buf: &mut &[u8], need: &Need) -> Result<Value, PartialError> {
+    let Need::Fields(fields) = need else {
+        return whole(buf);
+    };
+    let marker = *buf.first().ok_or(PartialError::Truncated)?;
+    match marker {
+        0x80..=0x8f | 0xde | 0xdf => {
+            let len = map_len(buf)?;
+            let mut out = Map::new();
+            for _ in 0..len {
+                let k = key(buf)?;
+                match fields.get(k) {
+                    Some(n) => {
+                        let v = pruned(buf, n)?;
+                        out.insert(k.to_owned(), v);
+                    }
+                    None => skip(buf)?,
+                }
+            }
+            Ok(Value::Object(out))
+        }
+        0x90..=0x9f | 0xdc | 0xdd => {
+            let len = match byte(buf)? {
+                m @ 0x90..=0x9f => usize::from(m & 0x0f),
+                0xdc => be(buf, 2)?,
+                _ => be(buf, 4)?,
+            };
+            let mut out = Vec::with_capacity(len.min(1024));
+            for _ in 0..len {
+                out.push(pruned(buf, need)?);
+            }
+            Ok(Value::Array(out))
+        }
+        _ => whole(buf),
+    }
+}
+
+fn whole(buf: &mut &[u8]) -> Result<Value, PartialError> {
+    let mut rest = *buf;
+    skip(&mut rest)?;
+    let value = &buf[..buf.len() - rest.len()];
+    *buf = rest;
+    rmp_serde::from_slice(value).map_err(|e| PartialError::Value(e.to_string()))
+}
+
+/// The top-level fields of a stored document that `need` names, each cut as it says, in
+/// their stored order; everything else skipped undecoded.
+pub fn pruned_fields(
+    bytes: &[u8],
+    need: &std::collections::BTreeMap<String, Need>,
+) -> Result<Map<String, Value>, PartialError> {
+    let mut buf = bytes;
+    let len = map_len(&mut buf)?;
+    let mut out = Map::new();
+    for _ in 0..len {
+        let k = key(&mut buf)?;
+        match need.get(k) {
+            Some(n) => {
+                let v = pruned(&mut buf, n)?;
+                out.insert(k.to_owned(), v);
+            }
+            None => skip(&mut buf)?,
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pruned_documents_keep_everything_along_the_paths() {
+        let doc = json!({
+            "dmi": {"board_serial": "B1", "memory_devices": [{"serial": "x"}], "bios": {"v": 1, "d": 2}},
+            "nics": [{"mac": "m1", "speed": 1}, 7, [{"mac": "nested"}], {"speed": 2}],
+            "disks": [{"size": 1}, {"size": 2}],
+            "other": "skipped",
+        });
+        let bytes = rmp_serde::to_vec_named(&doc).unwrap();
+        let need = Need::of_paths(["dmi.board_serial", "dmi.bios", "nics.mac", "disks.1.size"]);
+        let Need::Fields(top) = &need else {
+            panic!("{need:?}")
+        };
+        let got = Value::Object(pruned_fields(&bytes, top).unwrap());
+        assert_eq!(
+            got,
+            json!({
+                "dmi": {"board_serial": "B1", "bios": {"v": 1, "d": 2}},
+                "nics": [{"mac": "m1"}, 7, [{"mac": "nested"}], {}],
+                "disks": [{"size": 1}, {"size": 2}],
+            })
+        );
+        // A shorter path after a longer one is read whole.
+        assert_eq!(Need::of_paths(["a.b.c", "a.b"]), Need::of_paths(["a.b"]));
+        assert_eq!(Need::of_paths(["0"]), Need::Whole);
+    }
 
     #[test]
     fn wanted_fields_come_back_exactly_and_the_rest_is_skipped() {
