@@ -19,5 +19,6 @@ pub mod http;
 pub mod jobs;
 pub mod security;
 pub mod serve;
-pub mod store;
+/// The store lives in its own crate (`controller/store`); `crate::store::...` paths keep working.
+pub use qs_store as store;
 pub mod telemetry;
