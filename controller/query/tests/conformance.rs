@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document, Regex};
+use mongodb::bson::{Bson, Document};
 use mongodb::{Client, Collection};
 use qs_query::conformance::{self, Backend, CaseFile, Operation, Reply, Side};
-use serde_json::{Map, Value};
+use qs_store::mongo::{query_document, to_bson, to_json};
+use serde_json::Value;
 
 fn cases() -> Vec<CaseFile> {
     let (files, errors) = conformance::load_dir(&conformance::default_dir());
@@ -43,76 +44,12 @@ async fn engine_answers_every_case_as_mongodb_does() {
     assert!(report.failures.is_empty(), "{}", report.render());
 }
 
-/// JSON to BSON as a MongoDB backend stores it: whole numbers as int32 when they fit, else
-/// int64; other numbers as doubles; `{"$regex", "$options"}` inside arrays as BSON regexes
-/// (JSON's spelling of `/re/` in `$in`, `$nin`, `$all`).
-fn to_bson(v: &Value) -> Bson {
-    match v {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(*b),
-        Value::String(s) => Bson::String(s.clone()),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => match i32::try_from(i) {
-                Ok(small) => Bson::Int32(small),
-                Err(_) => Bson::Int64(i),
-            },
-            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::Array(items) => Bson::Array(
-            items
-                .iter()
-                .map(|item| regex_of(item).unwrap_or_else(|| to_bson(item)))
-                .collect(),
-        ),
-        Value::Object(map) => Bson::Document(to_document(map)),
-    }
-}
-
-fn regex_of(v: &Value) -> Option<Bson> {
-    let map = v.as_object()?;
-    let pattern = map.get("$regex")?.as_str()?;
-    let options = map
-        .get("$options")
-        .map(|o| o.as_str())
-        .unwrap_or(Some(""))?;
-    if map.keys().any(|k| k != "$regex" && k != "$options") {
-        return None;
-    }
-    let mut flags: Vec<char> = options.chars().collect();
-    flags.sort_unstable();
-    Some(Bson::RegularExpression(Regex {
-        pattern: pattern.to_owned(),
-        options: flags.into_iter().collect(),
-    }))
-}
-
-fn to_document(map: &Map<String, Value>) -> Document {
-    map.iter().map(|(k, v)| (k.clone(), to_bson(v))).collect()
-}
-
-fn to_json(b: &Bson) -> Value {
-    match b {
-        Bson::Null => Value::Null,
-        Bson::Boolean(x) => Value::Bool(*x),
-        Bson::String(s) => Value::String(s.clone()),
-        Bson::Int32(i) => Value::from(*i),
-        Bson::Int64(i) => Value::from(*i),
-        Bson::Double(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(format!("{f}"))),
-        Bson::Array(items) => Value::Array(items.iter().map(to_json).collect()),
-        Bson::Document(d) => {
-            Value::Object(d.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
-        }
-        other => Value::String(format!("<{other:?}>")),
-    }
-}
-
+/// A request document as the MongoDB backend sends it (its conversion, in one place:
+/// `qs_store::mongo`).
 fn doc_of(v: Option<&Value>) -> Result<Document, String> {
     match v {
         None | Some(Value::Null) => Ok(Document::new()),
-        Some(Value::Object(m)) => Ok(to_document(m)),
-        Some(other) => Ok(mongodb::bson::doc! {"$qs_not_a_document": to_bson(other)}),
+        Some(v) => Ok(query_document(v)),
     }
 }
 
@@ -142,8 +79,11 @@ impl Backend for ServerBackend {
         coll.drop().await.map_err(|e| format!("drop: {e}"))?;
         let docs: Vec<Document> = docs
             .iter()
-            .filter_map(Value::as_object)
-            .map(to_document)
+            .filter(|d| d.is_object())
+            .filter_map(|d| match to_bson(d) {
+                Bson::Document(d) => Some(d),
+                _ => None,
+            })
             .collect();
         if !docs.is_empty() {
             coll.insert_many(docs)

@@ -909,8 +909,9 @@ pub fn to_bson(v: &Value) -> Bson {
 }
 
 /// A filter, sort or stage document: as [`to_bson`], and `{"$regex", "$options"}` inside arrays
-/// as BSON regexes (JSON's spelling of `/re/` in `$in`, `$nin`, `$all`).
-fn query_document(v: &Value) -> Document {
+/// as BSON regexes (JSON's spelling of `/re/` in `$in`, `$nin`, `$all`); anything but a JSON
+/// object is sent as one the server refuses, as it would refuse the value.
+pub fn query_document(v: &Value) -> Document {
     match convert(v, true) {
         Bson::Document(d) => d,
         other => doc! {"$qs_not_a_document": other},
