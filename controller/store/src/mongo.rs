@@ -682,12 +682,25 @@ impl MongoStore {
             sort.insert("_id", 1);
         }
         let coll = self.coll(collection.name());
-        let mut find = coll
+        let find = coll
             .find(query_document(query.filter_document()))
             .projection(query_document(&qs_query::server::find_projection(
                 query.projection_document(),
             )))
             .sort(sort);
+        let docs = self.page_and_collect(find, query).await?;
+        Ok(docs
+            .into_iter()
+            .map(|d| to_json(&Bson::Document(d)))
+            .collect())
+    }
+
+    /// Applies a query's skip and limit to a find and reads every document it returns.
+    async fn page_and_collect(
+        &self,
+        mut find: mongodb::action::Find<'_, Document>,
+        query: &Query,
+    ) -> Result<Vec<Document>, StoreError> {
         if let Some(skip) = query.skip.filter(|s| *s > 0) {
             find = find.skip(skip);
         }
@@ -701,10 +714,7 @@ impl MongoStore {
             .await
             .map_err(|e| self.error("find", e))?;
         self.healthy();
-        Ok(docs
-            .into_iter()
-            .map(|d| to_json(&Bson::Document(d)))
-            .collect())
+        Ok(docs)
     }
 
     /// Counts records of a collection on the server.
@@ -730,19 +740,7 @@ impl MongoStore {
         if let Some(sort) = query.sort_document() {
             find = find.sort(query_document(sort));
         }
-        if let Some(skip) = query.skip.filter(|s| *s > 0) {
-            find = find.skip(skip);
-        }
-        if let Some(limit) = query.limit.filter(|l| *l > 0) {
-            find = find.limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        }
-        let docs: Vec<Document> = find
-            .await
-            .map_err(|e| self.error("find", e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.error("find", e))?;
-        self.healthy();
+        let docs = self.page_and_collect(find, query).await?;
         Ok(docs
             .into_iter()
             .map(|d| document::upgrade(to_json(&Bson::Document(d))))
