@@ -180,7 +180,7 @@ impl Jobs {
         };
         let timeout = parse_timeout(&request.timeout)?;
         if let Some(t) = timeout {
-            if t > self.dispatcher_max_timeout() {
+            if t > self.dispatcher.max_timeout() {
                 return Err(JobError::BadRequest(format!(
                     "timeout {} exceeds --max-call-timeout",
                     humantime::format_duration(t)
@@ -276,8 +276,14 @@ impl Jobs {
                     }
                 })
             };
-            match (&work, &plan) {
-                (Work::Capability(name), _) => {
+            match &plan {
+                None => {
+                    let Work::Capability(name) = &work else {
+                        return Err(JobError::Plan(format!(
+                            "{} was not loaded",
+                            work.describe()
+                        )));
+                    };
                     let info = find_capability(name)?;
                     let mut rendered = render(&args)?;
                     // A capability with its own `timeout` argument is given the task's deadline.
@@ -313,7 +319,7 @@ impl Jobs {
                         timeout_s,
                     });
                 }
-                (Work::Plan(_), Some(plan)) => {
+                Some(plan) => {
                     let mut longest = 0;
                     for step in plan.all_steps() {
                         let info = find_capability(&step.capability)?;
@@ -342,7 +348,6 @@ impl Jobs {
                         timeout_s: longest,
                     });
                 }
-                (Work::Plan(_), None) => unreachable_plan()?,
             }
         }
         if planned.is_empty() {
@@ -452,14 +457,6 @@ impl Jobs {
             dry_run: false,
         })
     }
-
-    fn dispatcher_max_timeout(&self) -> Duration {
-        self.dispatcher.max_timeout()
-    }
-}
-
-fn unreachable_plan() -> Result<(), JobError> {
-    Err(JobError::Plan("plan not loaded".into()))
 }
 
 /// Whether a template in `args` names `word` (a cheap over-approximation of "reads it").
