@@ -49,11 +49,13 @@ impl FromStr for MercuryId {
     type Err = InvalidMercuryId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = s.len() == 42
-            && matches!(&s[..2], "00" | "01" | "02" | "03")
-            && s[2..]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        // Bytes, not string slices: a peer's text may put a multi-byte character anywhere.
+        let b = s.as_bytes();
+        let valid = b.len() == 42
+            && matches!(&b[..2], b"00" | b"01" | b"02" | b"03")
+            && b[2..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
         if valid {
             Ok(Self(s.to_owned()))
         } else {
@@ -522,5 +524,12 @@ mod tests {
             .is_err());
         assert!("01".parse::<MercuryId>().is_err());
         assert!("é".repeat(21).parse::<MercuryId>().is_err());
+    }
+
+    #[test]
+    fn a_multi_byte_character_in_the_prefix_is_refused_not_a_panic() {
+        let text = format!("0\u{80}{}", "a".repeat(39));
+        assert_eq!(text.len(), 42);
+        assert!(text.parse::<MercuryId>().is_err());
     }
 }
